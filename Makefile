@@ -1,0 +1,57 @@
+# The course's commands. Every target creates .venv and installs the course on first use.
+#   make lab       open JupyterLab on the lessons
+#   make test      every test (units, lessons, exercises, autograder, browser)
+#   make test-fast the quick loop: library units only
+#   make course    execute every lesson headless into build/ (notebooks, HTML, figures, runtimes)
+#   make grade SUBMISSIONS=dir OUT=dir   autograde a folder of student submissions
+#   make release   regenerate exercises/ from solutions/ with nbgrader
+#   make bench     benchmarks, table printed and written to build/bench.json
+#   make checkpoints  rebuild the tokenizer and tiny GPT-2 checkpoints in data/
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The pinned CPU wheel of torch; override (e.g. TORCH_SPEC=torch) where another build is wanted.
+TORCH_SPEC ?= torch==2.13.0
+SUBMISSIONS ?= submissions
+OUT ?= build/grades
+PYTEST_ARGS ?=
+
+.PHONY: install lab course test test-fast grade release bench checkpoints clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[lab,dev]"
+	touch $@
+
+lab: install
+	$(VENV)/bin/jupyter lab lessons/
+
+course: install
+	$(PY) -m preflab.course --out build
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -m "not slow and not lesson and not browser" -q $(PYTEST_ARGS)
+
+grade: install
+	$(PY) -m autograder.grade "$(SUBMISSIONS)" --out "$(OUT)"
+
+release: install
+	$(PY) -m autograder.release
+
+bench: install
+	$(PY) -m benchmarks.run --out build/bench.json
+
+checkpoints: install
+	$(PY) -m preflab.build_checkpoints --out data
+
+clean:
+	rm -rf build .pytest_cache
