@@ -15,8 +15,8 @@ from pathlib import Path
 #: The course's public repository. Change it here, then run ``python -m preflab.colab``.
 REPO_URL = "https://github.com/preflab-course/preflab"
 REPO_BRANCH = "main"
-#: Notebook folders that start with the setup cell.
-NOTEBOOK_DIRS = ("lessons", "solutions", "exercises")
+#: Notebook folders whose first cell this module writes.
+NOTEBOOK_DIRS = ("lessons", "solutions")  # exercises/ is generated from solutions/ by `make release`
 
 SETUP_MARKER = "# preflab-setup"
 
