@@ -1,0 +1,354 @@
+"""Policies: loading, encoding prompt/response pairs, response-only log-probs, sampling, manifests.
+
+Two scales share one code path:
+
+* ``tiny`` (default): a GPT-2-architecture model of about 1 M parameters and a byte-level BPE
+  tokenizer, trained on the synthetic world and shipped in ``data/tiny/`` (no network).
+* ``gpt2``: the real GPT-2 (124 M) loaded by name through ``transformers`` (for Colab GPUs),
+  or from a local directory with ``path=``.
+
+The scale comes from the ``scale`` argument, else the ``PREFLAB_SCALE`` environment variable,
+else ``tiny``.
+
+Log-probabilities of a response y given a prompt x are *summed* over response tokens,
+    log pi(y | x) = sum_t log pi(y_t | x, y_<t),
+unless ``average=True`` (then divided by the number of response tokens). The prompt and any
+template header are never counted; the end-of-sequence token is (it is part of the response:
+the model must learn to stop).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+TINY_DIR = DATA_DIR / "tiny"
+SCALES = ("tiny", "gpt2")
+STAGES = ("base", "sft")
+
+
+# ----------------------------------------------------------------------------- loading
+def current_scale(scale: str | None = None) -> str:
+    scale = scale or os.environ.get("PREFLAB_SCALE", "tiny")
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}: choose one of {SCALES} "
+                         f"(set by the scale argument or the PREFLAB_SCALE environment variable)")
+    return scale
+
+
+def load_tokenizer(path: str | Path | None = None):
+    """The tokenizer of the tiny models (or of the checkpoint at ``path``)."""
+    from transformers import AutoTokenizer
+
+    path = Path(path) if path is not None else TINY_DIR / "sft"
+    if not (path / "tokenizer.json").exists() and not (path / "vocab.json").exists():
+        raise FileNotFoundError(f"no tokenizer in {path}. Rebuild the tiny checkpoints with "
+                                f"`make checkpoints`, or check that data/ was cloned completely.")
+    tok = AutoTokenizer.from_pretrained(str(path))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    return tok
+
+
+def load_policy(scale: str | None = None, stage: str = "sft", path: str | Path | None = None,
+                device: str | torch.device | None = None, dtype: torch.dtype | None = None):
+    """Load a policy and its tokenizer: ``(model, tokenizer)``, the model in eval mode.
+
+    scale="tiny": ``data/tiny/<stage>`` with stage "base" (pretrained on world text) or "sft"
+    (then finetuned on demonstrations). scale="gpt2": GPT-2 124M from ``path`` or by name.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    scale = current_scale(scale)
+    if scale == "tiny":
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r} for the tiny scale: choose one of {STAGES}")
+        path = Path(path) if path is not None else TINY_DIR / stage
+        if not (path / "model.safetensors").exists():
+            raise FileNotFoundError(f"missing checkpoint {path / 'model.safetensors'}. Rebuild it with "
+                                    f"`make checkpoints` (about 10 minutes on 2 cores).")
+        tok = load_tokenizer(path)
+        model = AutoModelForCausalLM.from_pretrained(str(path))
+    else:
+        name = str(path) if path is not None else os.environ.get("PREFLAB_GPT2_PATH", "gpt2")
+        try:
+            tok = AutoTokenizer.from_pretrained(name)
+            model = AutoModelForCausalLM.from_pretrained(name)
+        except OSError as e:
+            raise FileNotFoundError(f"could not load GPT-2 from {name!r}: it needs network access to the "
+                                    f"Hugging Face hub (or a local directory via path= or PREFLAB_GPT2_PATH). "
+                                    f"Offline, use scale='tiny'. ({e.__class__.__name__})") from None
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        tok.padding_side = "right"
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+    model.eval()
+    return model, tok
+
+
+def model_version(model: torch.nn.Module) -> str:
+    """A short hash of the parameters: the policy version recorded in manifests."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().to("cpu", torch.float32).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- encoding
+@dataclass
+class Batch:
+    """Right-padded token ids with masks. ``response_mask[b, t] = 1`` where token t of example b
+    belongs to the response (EOS included); prompt and padding are 0."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    response_mask: torch.Tensor
+
+    def to(self, device) -> "Batch":
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.response_mask.to(device))
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+def max_context(model_or_tokenizer=None, default: int = 1024) -> int:
+    cfg = getattr(model_or_tokenizer, "config", None)
+    return int(getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None) or default)
+
+
+def encode(tokenizer, prompts: Sequence[str], responses: Sequence[str], template: str | None = None,
+           max_length: int | None = None, add_eos: bool = True) -> Batch:
+    """Tokenize prompt and response separately and join them, so the mask boundary is exact.
+
+    The prompt is shown through ``template`` (default: the world's ``PROMPT_TEMPLATE``); the
+    response gets a leading space and an EOS token. Raises a clear error for an empty
+    response or a prompt that does not leave room for any response token.
+    """
+    from preflab.world import PROMPT_TEMPLATE
+
+    template = template or PROMPT_TEMPLATE
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    if len(prompts) == 0:
+        raise ValueError("encode needs at least one (prompt, response) pair")
+    max_length = max_length or getattr(tokenizer, "model_max_length", 1024)
+    if max_length > 100_000:  # tokenizers without a limit report a huge sentinel
+        max_length = 1024
+    rows = []
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        if not isinstance(r, str) or not r.strip():
+            raise ValueError(f"response {i} is empty: every response needs at least one token "
+                             f"(prompt was {p!r})")
+        p_ids = tokenizer(template.format(prompt=p), add_special_tokens=False)["input_ids"]
+        r_ids = tokenizer(" " + r.strip(), add_special_tokens=False)["input_ids"]
+        if add_eos:
+            r_ids = r_ids + [tokenizer.eos_token_id]
+        if len(p_ids) >= max_length:
+            raise ValueError(f"prompt {i} is {len(p_ids)} tokens, but the context holds {max_length}: "
+                             f"shorten the prompt or use a model with a longer context")
+        r_ids = r_ids[: max_length - len(p_ids)]  # truncate the response, never the prompt
+        rows.append((p_ids, r_ids))
+    T = max(len(p) + len(r) for p, r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = torch.full((len(rows), T), pad, dtype=torch.long)
+    attn = torch.zeros((len(rows), T), dtype=torch.long)
+    resp = torch.zeros((len(rows), T), dtype=torch.long)
+    for b, (p_ids, r_ids) in enumerate(rows):
+        n, m = len(p_ids), len(r_ids)
+        ids[b, : n + m] = torch.tensor(p_ids + r_ids)
+        attn[b, : n + m] = 1
+        resp[b, n: n + m] = 1
+    return Batch(ids, attn, resp)
+
+
+def _check_masks(input_ids, attention_mask, response_mask) -> None:
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be 2-D (batch, time), got shape {tuple(input_ids.shape)}")
+    for name, m in (("attention_mask", attention_mask), ("response_mask", response_mask)):
+        if m.shape != input_ids.shape:
+            raise ValueError(f"{name} has shape {tuple(m.shape)} but input_ids has {tuple(input_ids.shape)}: "
+                             f"build all three with preflab.model.encode")
+    if bool(((response_mask != 0) & (attention_mask == 0)).any()):
+        raise ValueError("response_mask marks padding tokens (attention_mask is 0 there)")
+    if bool((response_mask[:, 0] != 0).any()):
+        raise ValueError("response_mask marks the first token, which has no prediction: "
+                         "a response must follow at least one prompt token")
+    if bool((response_mask.sum(-1) == 0).any()):
+        bad = (response_mask.sum(-1) == 0).nonzero().flatten().tolist()
+        raise ValueError(f"examples {bad} have an empty response (no 1 in response_mask)")
+
+
+def position_ids_from(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that ignore left padding: 0 at each sequence's first real token."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def token_logprobs(model, input_ids, attention_mask, response_mask=None) -> torch.Tensor:
+    """log pi(x_t | x_<t) for t = 1..T-1, shape (B, T-1), aligned with ``input_ids[:, 1:]``.
+    Positions outside ``response_mask[:, 1:]`` (if given) are set to 0."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask,
+                position_ids=position_ids_from(attention_mask))
+    logits = out.logits[:, :-1].float()
+    logp = torch.gather(F.log_softmax(logits, dim=-1), 2, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    if response_mask is not None:
+        logp = logp * response_mask[:, 1:].to(logp.dtype)
+    return logp
+
+
+def sequence_logprobs(model, input_ids, attention_mask, response_mask, average: bool = False) -> torch.Tensor:
+    """Log-probability of each example's response tokens only, shape (B,).
+
+    summed:   log pi(y|x) = sum_{t in response} log pi(x_t | x_<t)
+    averaged: the same divided by the number of response tokens (``average=True``).
+    """
+    _check_masks(input_ids, attention_mask, response_mask)
+    logp = token_logprobs(model, input_ids, attention_mask, response_mask)
+    total = logp.sum(-1)
+    if average:
+        return total / response_mask[:, 1:].sum(-1).to(total.dtype)
+    return total
+
+
+def response_lengths(batch: Batch) -> torch.Tensor:
+    """Number of response tokens per example (EOS included)."""
+    return batch.response_mask.sum(-1)
+
+
+def trim_padding(batch: Batch) -> Batch:
+    """Drop the columns that are padding in every row (right padding)."""
+    T = int(batch.attention_mask.sum(-1).max())
+    return Batch(batch.input_ids[:, :T], batch.attention_mask[:, :T], batch.response_mask[:, :T])
+
+
+# ----------------------------------------------------------------------------- sampling
+@dataclass(frozen=True)
+class DecodingConfig:
+    """Every setting that changes what the policy says; recorded in each run's manifest."""
+
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    do_sample: bool = True
+
+    def __post_init__(self):
+        if self.do_sample and not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: Sequence[str], decoding: DecodingConfig = DecodingConfig(),
+             seed: int | None = None, template: str | None = None, batch_size: int = 64,
+             return_ids: bool = False):
+    """Sample one response per prompt. Returns the list of response strings (EOS stripped),
+    or, with ``return_ids``, also a :class:`Batch` of prompt+response ids for scoring."""
+    from preflab.world import PROMPT_TEMPLATE
+
+    template = template or PROMPT_TEMPLATE
+    if seed is not None:
+        torch.manual_seed(seed)
+    device = next(model.parameters()).device
+    ctx = max_context(model)
+    texts, all_ids = [], []
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(prompts), batch_size):
+        chunk = [template.format(prompt=p) for p in prompts[start: start + batch_size]]
+        enc = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in chunk]
+        longest = max(len(e) for e in enc)
+        if longest + decoding.max_new_tokens > ctx:
+            raise ValueError(f"prompt of {longest} tokens + {decoding.max_new_tokens} new tokens exceeds "
+                             f"the model's context of {ctx}: lower max_new_tokens or shorten the prompt")
+        pad = tokenizer.pad_token_id
+        ids = torch.full((len(enc), longest), pad, dtype=torch.long)
+        attn = torch.zeros_like(ids)
+        for b, e in enumerate(enc):  # left padding for generation
+            ids[b, longest - len(e):] = torch.tensor(e)
+            attn[b, longest - len(e):] = 1
+        kwargs = dict(max_new_tokens=decoding.max_new_tokens, do_sample=decoding.do_sample,
+                      pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+        if decoding.do_sample:
+            kwargs.update(temperature=decoding.temperature, top_k=decoding.top_k or None, top_p=decoding.top_p)
+        out = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), **kwargs)
+        for b, e in enumerate(enc):
+            new = out[b, longest:].tolist()
+            if tokenizer.eos_token_id in new:
+                new = new[: new.index(tokenizer.eos_token_id)]
+            texts.append(tokenizer.decode(new, skip_special_tokens=True).strip())
+            all_ids.append((e, new))
+    model.train(was_training)
+    if not return_ids:
+        return texts
+    return texts, _batch_from_ids(all_ids, tokenizer)
+
+
+def _batch_from_ids(rows, tokenizer) -> Batch:
+    eos = tokenizer.eos_token_id
+    rows = [(p, r + [eos]) for p, r in rows]  # the stop is part of the response
+    T = max(len(p) + len(r) for p, r in rows)
+    ids = torch.full((len(rows), T), tokenizer.pad_token_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    resp = torch.zeros_like(ids)
+    for b, (p, r) in enumerate(rows):
+        ids[b, : len(p) + len(r)] = torch.tensor(p + r)
+        attn[b, : len(p) + len(r)] = 1
+        resp[b, len(p): len(p) + len(r)] = 1
+    return Batch(ids, attn, resp)
+
+
+# ----------------------------------------------------------------------------- manifests
+@dataclass
+class RunManifest:
+    """What a training or evaluation run needs to be reproduced and audited."""
+
+    run: str
+    data_version: str
+    prompt_template: str
+    policy_version: str
+    decoding: dict
+    seed: int
+    hyperparameters: dict = field(default_factory=dict)
+    rubric_version: str = ""
+    scale: str = "tiny"
+    notes: str = ""
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    software: dict = field(default_factory=lambda: {
+        "python": platform.python_version(), "torch": torch.__version__,
+        "preflab": __import__("preflab").__version__})
+
+    def write(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+        return path
+
+    @classmethod
+    def read(cls, path: str | Path) -> "RunManifest":
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def make_manifest(run: str, world, model, decoding: DecodingConfig | None = None, seed: int = 0,
+                  scale: str | None = None, **hyperparameters) -> RunManifest:
+    """A manifest for a run on ``world`` with ``model`` (its parameters hashed as the version)."""
+    from preflab.world import PROMPT_TEMPLATE, RUBRIC
+
+    return RunManifest(run=run, data_version=world.version_hash, prompt_template=PROMPT_TEMPLATE,
+                       policy_version=model_version(model), decoding=asdict(decoding or DecodingConfig()),
+                       seed=seed, hyperparameters=hyperparameters, rubric_version=RUBRIC["version"],
+                       scale=current_scale(scale))
