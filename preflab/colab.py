@@ -47,7 +47,7 @@ def sync_setup_cells(root: str | Path = ".") -> list[Path]:
     """Rewrite the first (setup) cell of every notebook under ``NOTEBOOK_DIRS``; return the changed files."""
     changed = []
     for folder in NOTEBOOK_DIRS:
-        for path in sorted(Path(root, folder).glob("*.ipynb")):
+        for path in sorted(p for p in Path(root, folder).rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts):
             nb = json.loads(path.read_text())
             cells = nb["cells"]
             src = setup_cell_source()
