@@ -1,0 +1,157 @@
+"""The ten exercises: solutions run, releases hold no answers, self-checks resist monkeypatching."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SOLUTIONS = sorted(REPO.glob("solutions/ex*/ex*.ipynb"))
+EXERCISES = sorted(REPO.glob("exercises/ex*/ex*.ipynb"))
+
+
+def _cells(path: Path) -> list[dict]:
+    return json.loads(path.read_text())["cells"]
+
+
+def _src(cell: dict) -> str:
+    s = cell.get("source", "")
+    return "".join(s) if isinstance(s, list) else s
+
+
+def test_ten_exercises_in_both_folders():
+    assert len(SOLUTIONS) == 10
+    assert [p.name for p in SOLUTIONS] == [p.name for p in EXERCISES]
+    for p in SOLUTIONS:
+        assert p.parent.name == p.stem, "nbgrader layout: solutions/<id>/<id>.ipynb"
+
+
+@pytest.mark.parametrize("path", EXERCISES, ids=lambda p: p.stem)
+def test_released_notebook_holds_no_solution_or_hidden_test(path):
+    text = path.read_text()
+    for marker in ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS", "Rubric", "hidden:"):
+        assert marker not in text, f"{path.name} leaks {marker!r}"
+    assert "raise NotImplementedError()" in text
+    assert "YOUR ANSWER HERE" in text
+
+
+@pytest.mark.parametrize("path", SOLUTIONS + EXERCISES, ids=lambda p: f"{p.parts[-3]}/{p.stem}")
+def test_notebooks_committed_clean_with_setup_cell_first(path):
+    from preflab.colab import setup_cell_source
+
+    cells = _cells(path)
+    assert _src(cells[0]) == setup_cell_source(), "first cell must be the Colab setup cell"
+    for c in cells:
+        if c["cell_type"] == "code":
+            assert not c.get("outputs") and c.get("execution_count") is None, "clear outputs before committing"
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
+def test_solution_has_the_common_structure(path):
+    cells = _cells(path)
+    ids = [c["metadata"].get("nbgrader", {}).get("grade_id") for c in cells]
+    n = path.stem[:4]
+    for part in ("imports", "rule", "rule_tests", "edge", "edge_tests", "written", "metric", "metric_tests", "selfcheck"):
+        assert f"{n}_{part}" in ids, part
+    tests = [c for c in cells if c["metadata"].get("nbgrader", {}).get("grade") and c["cell_type"] == "code"]
+    assert all("### BEGIN HIDDEN TESTS" in _src(c) for c in tests), "every test cell has hidden tests"
+    written = [c for c in cells if c["metadata"].get("nbgrader", {}).get("grade_id") == f"{n}_written"][0]
+    assert "Rubric" in _src(written), "the written part carries its rubric in the source"
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
+def test_solution_executes_and_passes_its_checks(path, tmp_path):
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    t0 = time.time()
+    NotebookClient(nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    seconds = time.time() - t0
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "[FAIL]" not in text
+    assert "Self-check: " in text and ", 0 failed." in text
+    assert seconds < 60, f"{path.stem} took {seconds:.1f} s"
+
+
+@pytest.mark.slow
+def test_nbgrader_release_matches_exercises_folder():
+    """exercises/ must be exactly what `make release` would generate from solutions/."""
+    r = subprocess.run([sys.executable, "-m", "autograder.release", "--check"], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+# ---------------------------------------------------------------- the self-check helper
+
+
+def test_selfcheck_passes_and_fails_plainly():
+    from preflab import selfcheck as sc
+
+    sc.close([1.0, 2.0], [1.0, 2.0 + 1e-12], name="close")
+    with pytest.raises(sc.CheckFailed):
+        sc.close([1.0, float("nan")], [1.0, 2.0], name="nan is never close")
+    with pytest.raises(sc.CheckFailed):
+        sc.close([1.0], [1.0, 2.0], name="shape")
+    with pytest.raises(sc.CheckFailed):
+        sc.raises(ValueError, lambda: None, name="nothing raised")
+    assert sc.softplus(1e4) == 1e4 and sc.softplus(-1e4) == 0.0
+    assert isinstance(sc.CheckFailed("x"), AssertionError)
+
+
+def test_selfcheck_is_not_fooled_by_monkeypatching(monkeypatch):
+    import numpy as np
+    import torch
+
+    from preflab import selfcheck as sc
+
+    always = lambda *a, **k: True  # noqa: E731
+    monkeypatch.setattr(np, "isclose", always)
+    monkeypatch.setattr(np, "allclose", always)
+    monkeypatch.setattr(np, "array_equal", always)
+    monkeypatch.setattr(np.testing, "assert_allclose", lambda *a, **k: None)
+    monkeypatch.setattr(torch, "allclose", always)
+    monkeypatch.setattr(torch, "isclose", always)
+    monkeypatch.setattr(torch, "equal", always)
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: [0.5])
+    monkeypatch.setattr(torch.Tensor, "__eq__", lambda self, other: True)
+    wrong_np = np.array([0.0, 0.0])
+    wrong_t = torch.tensor([0.0, 0.0])
+    for wrong in (wrong_np, wrong_t, [0.0, 0.0]):
+        with pytest.raises(sc.CheckFailed):
+            sc.close(wrong, [0.5, 0.5], name="a wrong answer under patched helpers")
+        with pytest.raises(sc.CheckFailed):
+            sc.equal(wrong, [0.5, 0.5], name="a wrong answer under patched helpers")
+    sc.close(torch.tensor([0.5, 0.25]), [0.5, 0.25], name="a right tensor still passes")
+
+
+def test_selfcheck_in_a_kernel_after_a_student_patch(tmp_path):
+    """The same inside a notebook: the helper is imported (locked cell) before student code."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("import numpy as np\nfrom preflab import selfcheck as sc"),
+        nbformat.v4.new_code_cell("np.isclose = lambda *a, **k: True\nnp.allclose = lambda *a, **k: True\n"
+                                  "import math\nmath.isclose = lambda *a, **k: True\n"
+                                  "def pairwise_loss(c, r):\n    return np.zeros(len(c))"),
+        nbformat.v4.new_code_cell("try:\n    sc.close(pairwise_loss([2.0], [0.0]), [0.12692801104297263])\n"
+                                  "    print('FOOLED')\nexcept AssertionError:\n    print('CAUGHT')"),
+    ]
+    NotebookClient(nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    out = "".join(o.get("text", "") for o in nb.cells[2].outputs)
+    assert "CAUGHT" in out and "FOOLED" not in out
+
+
+def test_selfcheck_tells_colab_users_how_to_submit(monkeypatch, capsys):
+    from preflab import selfcheck as sc
+
+    monkeypatch.setitem(sys.modules, "google.colab", object())
+    sc.summary()
+    assert "File → Download → Download .ipynb" in capsys.readouterr().out
