@@ -209,3 +209,25 @@ def test_gpt2_scale_loads_from_local_directory(tmp_path, policy):
         assert model.config.n_layer == 1
     finally:
         del os.environ["PREFLAB_GPT2_PATH"]
+
+
+def test_gpt2_sft_is_built_once_and_cached(tmp_path, policy):
+    """At GPT-2 scale the SFT stage is finetuned on the world on first use, then read from the cache."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from preflab.model import load_gpt2_sft
+    _, tok = policy
+    base = tmp_path / "gpt2-local"
+    cfg = GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=32, n_layer=1, n_head=2,
+                     eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
+    GPT2LMHeadModel(cfg).save_pretrained(base)
+    tok.save_pretrained(base)
+    os.environ["PREFLAB_GPT2_PATH"] = str(base)
+    try:
+        m1, _ = load_gpt2_sft(cache_dir=tmp_path / "cache", device="cpu", steps=3, n_demos=20, batch_size=4)
+        cached = list((tmp_path / "cache").iterdir())
+        assert len(cached) == 1 and (cached[0] / "model.safetensors").exists()
+        m2, _ = load_gpt2_sft(cache_dir=tmp_path / "cache", device="cpu", steps=3, n_demos=20, batch_size=4)
+        assert model_version(m1) == model_version(m2)
+        assert model_version(m1) != model_version(GPT2LMHeadModel.from_pretrained(base))
+    finally:
+        del os.environ["PREFLAB_GPT2_PATH"]
