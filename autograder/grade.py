@@ -690,11 +690,17 @@ def main(argv: list[str] | None = None) -> int:
             for j in jobs:
                 finish(j, grade_job(clean(j)))
         else:
+            # fork (where available) shares the already imported nbgrader with the workers;
+            # spawn would import it again in each (seconds on a busy machine).
+            import nbconvert.preprocessors  # noqa: F401
+            import nbgrader.apps  # noqa: F401
+            import nbgrader.preprocessors  # noqa: F401
+            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
             pending = list(jobs)
             while pending:
                 try:
                     with ProcessPoolExecutor(max_workers=min(args.workers, len(pending)),
-                                             mp_context=mp.get_context("spawn")) as pool:
+                                             mp_context=ctx) as pool:
                         futs = {pool.submit(grade_job, clean(j)): j for j in pending}
                         for fut in as_completed(futs):
                             finish(futs[fut], fut.result())
