@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from preflab.losses import sft_loss
-from preflab.model import encode, position_ids_from
+from preflab.model import encode, max_context, position_ids_from
 
 
 def cosine_lr(step: int, total: int, lr: float, warmup: int = 20) -> float:
@@ -51,7 +51,8 @@ def train_sft(model, tokenizer, pairs: Sequence[tuple[str, str]], steps: int = 2
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, steps, lr)
         idx = rng.integers(len(pairs), size=batch_size)
-        b = encode(tokenizer, [pairs[i][0] for i in idx], [pairs[i][1] for i in idx]).to(device)
+        b = encode(tokenizer, [pairs[i][0] for i in idx], [pairs[i][1] for i in idx],
+                   max_length=max_context(model)).to(device)
         mask = b.response_mask if mask_prompt else b.attention_mask
         logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask,
                        position_ids=position_ids_from(b.attention_mask)).logits

@@ -201,11 +201,11 @@ def test_gpt2_scale_loads_from_local_directory(tmp_path, policy):
                      eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
     GPT2LMHeadModel(cfg).save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
-    model, tok2 = load_policy("gpt2", path=tmp_path, device="cpu")
+    model, tok2 = load_policy("gpt2", stage="base", path=tmp_path, device="cpu")
     assert model.config.n_embd == 32 and tok2.pad_token_id is not None
     os.environ["PREFLAB_GPT2_PATH"] = str(tmp_path)
     try:
-        model, _ = load_policy("gpt2", device="cpu")
+        model, _ = load_policy("gpt2", stage="base", device="cpu")
         assert model.config.n_layer == 1
     finally:
         del os.environ["PREFLAB_GPT2_PATH"]
