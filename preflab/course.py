@@ -1,0 +1,470 @@
+"""Run the whole course headless: ``make course`` = ``python -m preflab.course --out build``.
+
+Every ``lessons/NN_*.ipynb`` is executed in order, each in a fresh ``python3`` kernel (the
+interpreter running this module, so the course's virtual environment) with the lessons folder
+as working directory and ``PREFLAB_SEED`` passed through (``--seed`` sets it). One failing
+lesson does not stop the others; the exit code is non-zero if any lesson failed.
+
+What it writes under ``--out`` (default ``build``)::
+
+    lessons/NN_name.ipynb   the executed notebook (outputs kept)
+    lessons/NN_name.html    the same, rendered by nbconvert
+    figures/NN_k.png        every image/png output of lesson NN, k = 1, 2, ... in notebook order
+    index.html              the gallery: per lesson, its figures, its claims, and whether each held
+    course.json             machine-readable results (below); ``make bench`` reads it
+
+A lesson's claims are the lines its check cell prints through :func:`preflab.claims.check`
+(``CLAIM PASS | name | detail``); they are read back with :func:`preflab.claims.parse_claims`.
+
+Status of a lesson:
+
+    passed   every cell ran and every claim it printed held
+    failed   a claim did not hold (its check cell raised ``ClaimFailed``)
+    error    a cell raised something else (the traceback's last line is kept)
+    timeout  a cell ran longer than ``--timeout`` seconds
+
+Runtime is the wall time of the whole notebook, kernel start included. Peak memory is the
+largest resident set size the kernel reached: the maximum of the kernel's own high-water mark
+(``VmHWM`` in ``/proc/<pid>/status``) and of the summed RSS of the kernel and its child
+processes, sampled every 0.1 s.
+
+``course.json``::
+
+    {"seed": "0" | null, "started": ISO time, "total_runtime_s": float, "passed": bool,
+     "lessons": [{"lesson": "03_bradley_terry", "number": "03", "title": str,
+                  "status": "passed", "runtime_s": float, "peak_mb": float,
+                  "claims": [{"status": "PASS", "name": str, "detail": str}, ...],
+                  "figures": ["figures/03_1.png", ...], "captions": [str, ...],
+                  "notebook": "lessons/03_bradley_terry.ipynb", "html": "lessons/03_bradley_terry.html",
+                  "error": str | null}, ...]}
+
+Paths inside ``course.json`` are relative to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as _dt
+import html
+import json
+import os
+import re
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from preflab.claims import parse_claims
+
+LESSON_RE = re.compile(r"^(\d{2})_[A-Za-z0-9_\-]+\.ipynb$")
+DEFAULT_TIMEOUT = 600  # seconds per cell
+
+
+# ----------------------------------------------------------------------------------------------
+# finding lessons
+
+
+def find_lessons(lessons_dir: str | Path, only: list[str] | None = None) -> list[Path]:
+    """The ``NN_*.ipynb`` notebooks of ``lessons_dir`` in number order, optionally a subset.
+
+    ``only`` holds lesson numbers ("03", "3") or notebook names ("03_bradley_terry").
+    """
+    lessons_dir = Path(lessons_dir)
+    if not lessons_dir.is_dir():
+        raise ValueError(f"lessons folder {str(lessons_dir)!r} does not exist; run from the repository "
+                         f"root or pass --lessons DIR")
+    found = sorted(p for p in lessons_dir.iterdir() if LESSON_RE.match(p.name))
+    if not found:
+        raise ValueError(f"no lesson notebooks (NN_name.ipynb) in {str(lessons_dir)!r}")
+    if not only:
+        return found
+    chosen = []
+    for key in only:
+        key = key.strip().removesuffix(".ipynb")
+        if key.isdigit():
+            key = f"{int(key):02d}"
+        hits = [p for p in found if p.stem == key or p.name[:2] == key]
+        if not hits:
+            names = ", ".join(p.stem for p in found)
+            raise ValueError(f"--only {key!r} matches no lesson; the lessons are: {names}")
+        chosen += [p for p in hits if p not in chosen]
+    return sorted(chosen)
+
+
+# ----------------------------------------------------------------------------------------------
+# peak memory of the kernel
+
+
+def _vm_hwm_kb(pid: int) -> int:
+    """The high-water mark of a process's resident set (kB), 0 if it cannot be read."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+class PeakMemory:
+    """Sample a process tree's resident memory in a background thread; ``peak_mb`` is the maximum."""
+
+    def __init__(self, interval: float = 0.1):
+        self.interval = interval
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, pid: int) -> None:
+        self._thread = threading.Thread(target=self._run, args=(pid,), daemon=True)
+        self._thread.start()
+
+    def _run(self, pid: int) -> None:
+        try:
+            import psutil
+        except ImportError:  # pragma: no cover - psutil ships with jupyter's dependencies
+            psutil = None
+        proc = psutil.Process(pid) if psutil is not None else None
+        while True:
+            total = _vm_hwm_kb(pid) * 1024
+            if proc is not None:
+                try:
+                    tree = [proc] + proc.children(recursive=True)
+                    rss = 0
+                    for p in tree:
+                        try:
+                            rss += p.memory_info().rss
+                        except psutil.Error:
+                            pass
+                    total = max(total, rss)
+                except psutil.Error:
+                    pass
+            self.peak_bytes = max(self.peak_bytes, total)
+            if self._stop.wait(self.interval):
+                return
+
+    def stop(self) -> float:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        return self.peak_mb
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak_bytes / 2**20
+
+
+# ----------------------------------------------------------------------------------------------
+# running one lesson
+
+
+@dataclass
+class LessonResult:
+    lesson: str
+    number: str
+    title: str = ""
+    status: str = "error"
+    runtime_s: float = 0.0
+    peak_mb: float = 0.0
+    claims: list = field(default_factory=list)
+    figures: list = field(default_factory=list)
+    captions: list = field(default_factory=list)
+    notebook: str = ""
+    html: str = ""
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "passed"
+
+
+def _title(nb) -> str:
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                if line.startswith("# "):
+                    return line[2:].strip()
+    return ""
+
+
+def _stdout_text(nb) -> str:
+    parts = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream" and out.get("name") == "stdout":
+                parts.append(out.get("text", ""))
+    return "".join(parts)
+
+
+def _figures(nb) -> list[tuple[bytes, str]]:
+    """Every image/png output with a caption: the first paragraph of the markdown cell right after it."""
+    figs = []
+    cells = nb.cells
+    for i, cell in enumerate(cells):
+        if cell.cell_type != "code":
+            continue
+        pngs = [out["data"]["image/png"] for out in cell.get("outputs", [])
+                if out.get("output_type") in ("display_data", "execute_result")
+                and "image/png" in out.get("data", {})]
+        if not pngs:
+            continue
+        caption = ""
+        if i + 1 < len(cells) and cells[i + 1].cell_type == "markdown":
+            first = cells[i + 1].source.strip().split("\n\n")[0]  # its first paragraph
+            if not first.startswith("#"):
+                caption = re.sub(r"\*{1,2}([^*\n]+)\*{1,2}", r"\1", " ".join(first.split()))
+                if len(caption) > 400:
+                    caption = caption[:397] + "..."
+        for data in pngs:
+            if isinstance(data, list):
+                data = "".join(data)
+            figs.append((base64.b64decode(data), caption))
+    return figs
+
+
+def _error_summary(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    # CellExecutionError's text ends with the exception line ("ClaimFailed: ...")
+    tail = [ln for ln in text if ln.strip() and not ln.startswith(("---", " "))]
+    return (tail[-1] if tail else type(exc).__name__)[:500]
+
+
+def run_lesson(path: Path, out: Path, timeout: int = DEFAULT_TIMEOUT, seed: str | None = None) -> LessonResult:
+    """Execute one lesson notebook in a fresh kernel; write its executed notebook, HTML and figures."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+
+    path = Path(path)
+    res = LessonResult(lesson=path.stem, number=path.name[:2])
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except Exception as e:
+        res.error = f"{path.name} is not a readable notebook ({type(e).__name__}: {e})"[:500]
+        return res
+    res.title = _title(nb)
+    env = dict(os.environ)
+    if seed is not None:
+        env["PREFLAB_SEED"] = str(seed)
+    # inline figures, whatever the caller's environment says (the gallery needs the PNGs)
+    env["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+
+    monitor = PeakMemory()
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=False,
+                            resources={"metadata": {"path": str(path.parent.resolve())}})
+
+    def on_start(notebook=None, **_):
+        pid = getattr(client.km.provisioner, "pid", None) if client.km is not None else None
+        if pid:
+            monitor.start(pid)
+
+    client.on_notebook_start = on_start
+    t0 = time.perf_counter()
+    try:
+        client.execute(env=env)
+        res.status = "passed"
+    except CellTimeoutError as e:
+        res.status, res.error = "timeout", f"a cell ran longer than {timeout} s ({_error_summary(e)})"
+    except CellExecutionError as e:
+        res.error = _error_summary(e)
+        res.status = "failed" if "ClaimFailed" in str(e) else "error"
+    except DeadKernelError as e:
+        res.status, res.error = "error", f"the kernel died (out of memory?): {_error_summary(e)}"
+    except Exception as e:  # a broken notebook or kernel start must not stop the course
+        res.status, res.error = "error", f"{type(e).__name__}: {e}"[:500]
+    finally:
+        res.runtime_s = time.perf_counter() - t0
+        res.peak_mb = monitor.stop()
+
+    res.claims = parse_claims(_stdout_text(nb))
+    if res.status == "passed" and any(c["status"] == "FAIL" for c in res.claims):
+        res.status = "failed"  # a FAIL line that did not raise still fails the lesson
+
+    lessons_out = out / "lessons"
+    lessons_out.mkdir(parents=True, exist_ok=True)
+    nb_path = lessons_out / path.name
+    nbformat.write(nb, nb_path)
+    res.notebook = nb_path.relative_to(out).as_posix()
+    try:
+        from nbconvert import HTMLExporter
+
+        body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
+        html_path = nb_path.with_suffix(".html")
+        html_path.write_text(body, encoding="utf-8")
+        res.html = html_path.relative_to(out).as_posix()
+    except Exception as e:  # HTML is a convenience; never lose the run over it
+        res.error = (res.error + "; " if res.error else "") + f"HTML export failed: {e}"[:300]
+
+    fig_dir = out / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    for old in fig_dir.glob(f"{res.number}_*.png"):
+        old.unlink()
+    for k, (png, caption) in enumerate(_figures(nb), start=1):
+        fig_path = fig_dir / f"{res.number}_{k}.png"
+        fig_path.write_bytes(png)
+        res.figures.append(fig_path.relative_to(out).as_posix())
+        res.captions.append(caption)
+    return res
+
+
+# ----------------------------------------------------------------------------------------------
+# reporting
+
+
+def format_table(results: list[LessonResult]) -> str:
+    """The closing table: one row per lesson, then the total."""
+    rows = [("lesson", "status", "runtime s", "peak MB", "check")]
+    for r in results:
+        n_pass = sum(c["status"] == "PASS" for c in r.claims)
+        check = f"{n_pass}/{len(r.claims)} claims" if r.claims else "no claims"
+        rows.append((r.lesson, r.status, f"{r.runtime_s:.1f}", f"{r.peak_mb:.0f}", check))
+    total = sum(r.runtime_s for r in results)
+    peak = max((r.peak_mb for r in results), default=0.0)
+    n_ok = sum(r.ok for r in results)
+    rows.append(("total", f"{n_ok}/{len(results)} passed", f"{total:.1f}", f"{peak:.0f} (max)", ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    right = {2, 3}
+
+    def fmt(row):
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([fmt(rows[0]), sep] + [fmt(r) for r in rows[1:-1]] + [sep, fmt(rows[-1])])
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{margin-bottom:.2em} .meta{color:#666;margin-top:0}
+table.summary{border-collapse:collapse;margin:1em 0} table.summary td,table.summary th{border-bottom:1px solid #ddd;padding:.3em .8em;text-align:left}
+section{border-top:2px solid #eee;margin-top:2em;padding-top:.5em}
+.badge{display:inline-block;padding:.1em .6em;border-radius:1em;font-size:.85em;font-weight:600;color:#fff;vertical-align:middle}
+.passed,.PASS{background:#1a7f37}.failed,.FAIL{background:#cf222e}.error,.timeout{background:#9a6700}
+ul.claims{list-style:none;padding-left:0} ul.claims li{margin:.3em 0}
+.detail{color:#555;font-family:ui-monospace,monospace;font-size:.9em}
+.figs{display:flex;flex-wrap:wrap;gap:1em} figure{margin:0;max-width:520px} figure img{max-width:100%;border:1px solid #eee}
+figcaption{font-size:.9em;color:#444} .err{color:#cf222e;font-family:ui-monospace,monospace;font-size:.9em}
+"""
+
+
+def write_gallery(results: list[LessonResult], out: Path, meta: dict) -> Path:
+    """``index.html``: per lesson, its figures with the claims they support and whether each held."""
+    e = html.escape
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>preflab course gallery</title>"
+             f"<style>{_CSS}</style></head><body>",
+             "<h1>Preference optimization course: figures and claims</h1>",
+             f"<p class='meta'>Run {e(meta['started'])} · seed {e(str(meta['seed'] if meta['seed'] is not None else '0 (default)'))}"
+             f" · {sum(r.ok for r in results)}/{len(results)} lessons passed · total {meta['total_runtime_s']:.0f} s</p>",
+             "<table class='summary'><tr><th>lesson</th><th>status</th><th>runtime s</th><th>peak MB</th><th>claims held</th></tr>"]
+    for r in results:
+        n_pass = sum(c["status"] == "PASS" for c in r.claims)
+        parts.append(f"<tr><td><a href='#l{e(r.number)}'>{e(r.lesson)}</a></td><td><span class='badge {e(r.status)}'>"
+                     f"{e(r.status)}</span></td><td>{r.runtime_s:.1f}</td><td>{r.peak_mb:.0f}</td>"
+                     f"<td>{n_pass}/{len(r.claims)}</td></tr>")
+    parts.append("</table>")
+    for r in results:
+        link = f" · <a href='{e(r.html)}'>open the executed lesson</a>" if r.html else ""
+        parts.append(f"<section id='l{e(r.number)}'><h2>{e(r.title or r.lesson)} "
+                     f"<span class='badge {e(r.status)}'>{e(r.status)}</span></h2>"
+                     f"<p class='meta'>{e(r.lesson)}.ipynb · {r.runtime_s:.1f} s · peak {r.peak_mb:.0f} MB{link}</p>")
+        if r.claims:
+            parts.append("<p>The claims these figures support, as checked on this run:</p><ul class='claims'>")
+            for c in r.claims:
+                held = "held" if c["status"] == "PASS" else "did not hold"
+                parts.append(f"<li><span class='badge {e(c['status'])}'>{held}</span> {e(c['name'])} "
+                             f"<span class='detail'>{e(c['detail'])}</span></li>")
+            parts.append("</ul>")
+        else:
+            parts.append("<p class='meta'>No claim was checked on this run.</p>")
+        if r.error:
+            parts.append(f"<p class='err'>{e(r.error)}</p>")
+        if r.figures:
+            parts.append("<div class='figs'>")
+            for fig, cap in zip(r.figures, r.captions):
+                parts.append(f"<figure><img src='{e(fig)}' alt='{e(cap or fig)}' loading='lazy'>"
+                             f"<figcaption>{e(cap)}</figcaption></figure>")
+            parts.append("</div>")
+        parts.append("</section>")
+    parts.append("</body></html>")
+    path = out / "index.html"
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# the whole course
+
+
+def run_course(lessons_dir: str | Path = "lessons", out: str | Path = "build", only: list[str] | None = None,
+               seed: str | int | None = None, timeout: int = DEFAULT_TIMEOUT, progress: bool = True) -> dict:
+    """Execute the lessons in order, write notebooks, HTML, figures, ``index.html`` and ``course.json``.
+
+    Returns the dictionary written to ``course.json``; its ``passed`` is True when every lesson passed.
+    """
+    if timeout is not None and timeout <= 0:
+        raise ValueError(f"--timeout must be a positive number of seconds per cell, got {timeout}")
+    from tqdm.auto import tqdm
+
+    paths = find_lessons(lessons_dir, only)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    seed = None if seed is None else str(seed)
+    started = _dt.datetime.now().isoformat(timespec="seconds")
+    results: list[LessonResult] = []
+    bar = tqdm(paths, desc="course", unit="lesson", disable=not progress, file=sys.stderr)
+    for path in bar:
+        bar.set_postfix_str(path.stem)
+        r = run_lesson(path, out, timeout=timeout, seed=seed)  # seed None: the environment's passes through
+        results.append(r)
+        if not r.ok:
+            tqdm.write(f"{r.lesson}: {r.status}: {r.error}", file=sys.stderr)
+    bar.close()
+
+    report = {
+        "seed": seed if seed is not None else os.environ.get("PREFLAB_SEED"),
+        "started": started,
+        "only": list(only) if only else None,
+        "total_runtime_s": round(sum(r.runtime_s for r in results), 2),
+        "passed": all(r.ok for r in results),
+        "lessons": [],
+    }
+    for r in results:
+        d = asdict(r)
+        d["runtime_s"] = round(r.runtime_s, 2)
+        d["peak_mb"] = round(r.peak_mb, 1)
+        report["lessons"].append(d)
+    (out / "course.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_gallery(results, out, report)
+    report["table"] = format_table(results)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m preflab.course",
+                                 description="Execute every lesson headless into OUT (notebooks, HTML, figures, "
+                                             "gallery, course.json) and print runtime and peak memory per lesson.")
+    ap.add_argument("--out", default="build", help="output folder (default: build)")
+    ap.add_argument("--lessons", default="lessons", help="folder of NN_name.ipynb lessons (default: lessons)")
+    ap.add_argument("--only", nargs="+", metavar="NN", help="run only these lessons, e.g. --only 03 07")
+    ap.add_argument("--seed", type=int, help="PREFLAB_SEED for every lesson (default: the environment's, else 0)")
+    ap.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT, help=f"seconds per cell (default {DEFAULT_TIMEOUT})")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = ap.parse_args(argv)
+    try:
+        report = run_course(args.lessons, args.out, only=args.only, seed=args.seed, timeout=args.timeout,
+                            progress=not args.no_progress)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(report["table"])
+    print(f"\nwrote {Path(args.out) / 'index.html'} and {Path(args.out) / 'course.json'}")
+    failed = [r["lesson"] for r in report["lessons"] if r["status"] != "passed"]
+    if failed:
+        print(f"{len(failed)} lesson(s) did not pass: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""Tests for preflab.course (`make course`) on two tiny notebooks made here, not on the real lessons.
+
+Lesson 01 draws a figure (with a caption cell after it) and passes its claims, which also check
+that the seed and the working directory reach the kernel; lesson 02's claim fails. Together they
+run two real kernels (about 10 s).
+"""
+
+import json
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from preflab.course import find_lessons, format_table, main, LessonResult
+
+PASSING = [
+    new_markdown_cell("# 01 · A lesson that holds\nTwo lines of summary."),
+    new_code_cell("import os\nfrom pathlib import Path\nimport matplotlib.pyplot as plt\n"
+                  "from preflab.claims import check\n"
+                  "Path('written_by_kernel.txt').write_text('cwd is the lessons folder')"),
+    new_code_cell("fig, ax = plt.subplots(figsize=(3, 2))\nax.plot([0, 1, 2], [0, 1, 4])\n"
+                  "ax.set_xlabel('x'); ax.set_ylabel('y'); ax.set_title('a parabola')\nplt.show()"),
+    new_markdown_cell("The curve bends upwards: the slope grows with x."),
+    new_code_cell("seed = os.environ.get('PREFLAB_SEED')\n"
+                  "check('the seed reaches the kernel', seed == '7', f'PREFLAB_SEED={seed}')\n"
+                  "check('two plus two', 2 + 2 == 4, 'measured 4')"),
+]
+FAILING = [
+    new_markdown_cell("# 02 · A lesson whose claim fails"),
+    new_code_cell("from preflab.claims import check\nacc = 0.41"),
+    new_code_cell("check('accuracy above one half', acc > 0.5, f'accuracy {acc:.2f}')"),
+    new_code_cell("print('never reached')"),
+]
+
+
+def write(path, cells):
+    nb = new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+@pytest.fixture(scope="module")
+def course_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("course")
+    lessons = root / "lessons"
+    lessons.mkdir()
+    write(lessons / "01_holds.ipynb", PASSING)
+    write(lessons / "02_fails.ipynb", FAILING)
+    (lessons / "notes.ipynb").write_text("{}")  # not NN_name: ignored
+    out = root / "build"
+    return root, out
+
+
+@pytest.fixture(scope="module")
+def full(course_run):
+    root, out = course_run
+    import contextlib
+    import io
+
+    buf_out, buf_err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(buf_out), contextlib.redirect_stderr(buf_err):
+        code = main(["--lessons", str(root / "lessons"), "--out", str(out), "--seed", "7", "--timeout", "120"])
+    return code, buf_out.getvalue(), buf_err.getvalue(), out, root
+
+
+def test_exit_code_and_table(full):
+    code, stdout, stderr, out, root = full
+    assert code == 1, "a failing lesson must make the exit code non-zero"
+    lines = stdout.splitlines()
+    header = next(ln for ln in lines if ln.startswith("lesson"))
+    assert "runtime s" in header and "peak MB" in header and "check" in header
+    row1 = next(ln for ln in lines if ln.startswith("01_holds"))
+    row2 = next(ln for ln in lines if ln.startswith("02_fails"))
+    assert "passed" in row1 and "2/2 claims" in row1
+    assert "failed" in row2 and "0/1 claims" in row2
+    assert any(ln.startswith("total") and "1/2 passed" in ln for ln in lines)
+    assert "02_fails" in stderr  # the failing lesson is named
+
+
+def test_course_json(full):
+    code, stdout, stderr, out, root = full
+    report = json.loads((out / "course.json").read_text())
+    assert report["seed"] == "7" and report["passed"] is False
+    by = {item["lesson"]: item for item in report["lessons"]}
+    assert list(by) == ["01_holds", "02_fails"]  # in number order, notes.ipynb ignored
+    a, b = by["01_holds"], by["02_fails"]
+    assert a["status"] == "passed" and b["status"] == "failed"
+    assert "ClaimFailed" in b["error"] and "accuracy above one half" in b["error"]
+    for item in (a, b):
+        assert 0 < item["runtime_s"] < 120
+        assert 20 < item["peak_mb"] < 4000  # a python kernel with matplotlib: tens to hundreds of MB
+    assert [c["status"] for c in a["claims"]] == ["PASS", "PASS"]
+    assert a["claims"][0] == {"status": "PASS", "name": "the seed reaches the kernel", "detail": "PREFLAB_SEED=7"}
+    assert b["claims"] == [{"status": "FAIL", "name": "accuracy above one half", "detail": "accuracy 0.41"}]
+    assert a["title"] == "01 · A lesson that holds"
+    # the kernel ran in the lessons folder
+    assert (root / "lessons" / "written_by_kernel.txt").exists()
+
+
+def test_notebooks_html_and_figures(full):
+    code, stdout, stderr, out, root = full
+    report = json.loads((out / "course.json").read_text())
+    a, b = report["lessons"]
+    executed = nbformat.read(out / a["notebook"], as_version=4)
+    assert all(c.execution_count for c in executed.cells if c.cell_type == "code")
+    failed_nb = nbformat.read(out / b["notebook"], as_version=4)
+    assert failed_nb.cells[-1].execution_count is None  # execution stopped at the failing check
+    assert "two plus two" in (out / a["html"]).read_text()
+    assert (out / "lessons" / "02_fails.html").exists()
+    assert a["figures"] == ["figures/01_1.png"] and b["figures"] == []
+    png = (out / "figures" / "01_1.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+    assert a["captions"] == ["The curve bends upwards: the slope grows with x."]
+
+
+def test_gallery(full):
+    code, stdout, stderr, out, root = full
+    page = (out / "index.html").read_text()
+    assert "<img src='figures/01_1.png'" in page
+    assert "The curve bends upwards" in page
+    assert "two plus two" in page and "accuracy above one half" in page
+    assert "did not hold" in page and "held" in page
+    assert "lessons/01_holds.html" in page
+    # the claim that failed sits in lesson 02's section, after lesson 01's figure
+    assert page.index("figures/01_1.png") < page.index("accuracy above one half")
+
+
+def test_only_runs_a_subset(course_run, tmp_path):
+    root, _ = course_run
+    out = tmp_path / "only"
+    code = main(["--lessons", str(root / "lessons"), "--out", str(out), "--only", "2", "--no-progress"])
+    assert code == 1
+    report = json.loads((out / "course.json").read_text())
+    assert [x["lesson"] for x in report["lessons"]] == ["02_fails"] and report["only"] == ["2"]
+
+
+def test_find_lessons_and_errors(tmp_path):
+    (tmp_path / "00_a.ipynb").write_text("{}")
+    (tmp_path / "03_b.ipynb").write_text("{}")
+    (tmp_path / "README.md").write_text("")
+    assert [p.name for p in find_lessons(tmp_path)] == ["00_a.ipynb", "03_b.ipynb"]
+    assert [p.name for p in find_lessons(tmp_path, ["03"])] == ["03_b.ipynb"]
+    assert [p.name for p in find_lessons(tmp_path, ["3", "00_a"])] == ["00_a.ipynb", "03_b.ipynb"]
+    with pytest.raises(ValueError, match="matches no lesson; the lessons are: 00_a, 03_b"):
+        find_lessons(tmp_path, ["07"])
+    with pytest.raises(ValueError, match="does not exist"):
+        find_lessons(tmp_path / "nope")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no lesson notebooks"):
+        find_lessons(empty)
+    assert main(["--lessons", str(empty), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_broken_notebook_is_reported_not_fatal(tmp_path):
+    lessons = tmp_path / "lessons"
+    lessons.mkdir()
+    (lessons / "05_broken.ipynb").write_text("{ this is not json")
+    code = main(["--lessons", str(lessons), "--out", str(tmp_path / "o"), "--no-progress"])
+    assert code == 1
+    report = json.loads((tmp_path / "o" / "course.json").read_text())
+    assert report["lessons"][0]["status"] == "error"
+
+
+def test_table_format():
+    rows = [LessonResult("00_a", "00", status="passed", runtime_s=12.34, peak_mb=456.7,
+                         claims=[{"status": "PASS", "name": "x", "detail": ""}])]
+    table = format_table(rows)
+    assert "00_a" in table and "12.3" in table and "457" in table and "1/1 claims" in table
