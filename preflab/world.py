@@ -473,6 +473,8 @@ class World:
         n_filler = int(rng.choice(4, p=[0.45, 0.3, 0.15, 0.1]))
         for f in rng.choice(FILLER, size=n_filler, replace=False):
             parts.insert(int(rng.integers(1, len(parts) + 1)) if parts else 0, f)
+        if not parts:  # every step dropped and no filler drawn: say something unhelpful, never nothing
+            parts = [FILLER[0]]
         return " ".join(parts)
 
     def _steps(self, steps: list[str], rng: np.random.Generator, q: float) -> list[str]:

@@ -114,10 +114,11 @@ def test_unknown_prompt_names_the_fix(world):
         world.sample_prompts(3, kind="poetry")
 
 
-def test_grammar_responses_parse_cleanly(world):
+def test_grammar_responses_parse_cleanly_and_are_never_empty(world):
     rng = np.random.default_rng(5)
-    for p in world.sample_prompts(400, rng=rng):
+    for p in world.sample_prompts(3000, rng=rng):
         r = world.sample_response(p, rng, float(rng.random()))
+        assert r.strip(), p
         assert parse_response(r).garbled == 0, r
 
 
