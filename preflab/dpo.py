@@ -54,7 +54,7 @@ from preflab.losses import (cdpo_loss, dpo_loss, hinge_loss, ipo_loss, preferenc
 from preflab.model import Batch, encode, token_logprobs
 
 __all__ = ["DPOConfig", "LOSS_TYPES", "train_dpo", "precompute_reference_logps", "implicit_reward",
-           "evaluate_pairs", "encode_pairs", "drop_empty", "pair_logps", "dpo_losses"]
+           "evaluate_pairs", "encode_pairs", "drop_empty", "sample_policy_pairs", "pair_logps", "dpo_losses"]
 
 #: Names as TRL's ``DPOConfig.loss_type`` spells them (TRL's "sigmoid" is plain DPO).
 LOSS_TYPES = ("sigmoid", "ipo", "cdpo", "robust", "hinge", "rdpo", "simpo")
@@ -286,6 +286,47 @@ def implicit_reward(policy, reference, tokenizer, prompts: Sequence[str], respon
     return torch.cat(out).numpy()
 
 
+@torch.no_grad()
+def sample_policy_pairs(policy, tokenizer, world, prompts: Sequence[str], labeler=None, seed: int = 0,
+                        decoding=None, batch_size: int = 64) -> list[dict]:
+    """On-policy preference pairs, as in the DPO paper's experiments: two samples per prompt from
+    ``policy`` (usually the SFT model), labelled by a simulated ``labeler`` (default: the world's).
+
+    Returns records in the prompt/chosen/rejected format with the same provenance fields as
+    ``World.preference_pairs``. Pairs with an empty side or two identical sides are dropped
+    (they carry no preference), so fewer than ``len(prompts)`` records may come back.
+    """
+    from preflab.model import DecodingConfig, generate, model_version
+    from preflab.world import RUBRIC, Labeler
+
+    decoding = decoding or DecodingConfig()
+    labeler = labeler or world.labeler
+    rng = np.random.default_rng(seed)
+    prompts = list(prompts)
+    a = generate(policy, tokenizer, prompts, decoding, seed=seed, batch_size=batch_size)
+    b = generate(policy, tokenizer, prompts, decoding, seed=seed + 7919, batch_size=batch_size)
+    version = model_version(policy)
+    records = []
+    for prompt, x, y in zip(prompts, a, b):
+        if not x.strip() or not y.strip() or x == y:
+            continue
+        if isinstance(labeler, Labeler):
+            p_x = labeler.prob_first(world, prompt, x, y)
+            x_wins = bool(rng.random() < p_x)
+        else:
+            p_x = labeler.prob_first(world, prompt, x, y)
+            x_wins = bool(labeler.label(world, prompt, x, y, rng))
+        chosen, rejected = (x, y) if x_wins else (y, x)
+        records.append({
+            "prompt": prompt, "chosen": chosen, "rejected": rejected,
+            "chosen_shown_first": x_wins, "p_label": p_x if x_wins else 1.0 - p_x,
+            "gold_chosen": world.gold_reward(prompt, chosen), "gold_rejected": world.gold_reward(prompt, rejected),
+            "labeler": getattr(labeler, "name", "pool"), "policy_version": version,
+            "rubric_version": RUBRIC["version"], "data_version": world.version_hash,
+        })
+    return records
+
+
 # ----------------------------------------------------------------------------- the loss
 def dpo_losses(config: DPOConfig, pc, pr, rc, rr, chosen_len, rejected_len):
     """Per-example losses and implicit rewards for ``config.loss_type``, from SUMMED log-probs.
@@ -387,9 +428,10 @@ def train_dpo(policy, reference, tokenizer, records: Sequence[dict], config: DPO
     n = len(enc)
     cl_all, rl_all = enc.chosen_len.float(), enc.rejected_len.float()
     if reference is not None:
-        reference.eval()
-        for p in reference.parameters():
-            p.requires_grad_(False)
+        reference.eval()  # frozen: only ever run under torch.no_grad()
+    if not any(p.requires_grad for p in policy.parameters()):
+        raise ValueError("the policy has no trainable parameters (requires_grad is False everywhere): "
+                         "was it frozen as someone's reference? Train a fresh copy.deepcopy of the SFT model")
 
     ref_c = ref_r = None
     if cfg.needs_reference and cfg.cache_reference:
