@@ -9,6 +9,7 @@ What it writes under ``--out`` (default ``build``)::
 
     lessons/NN_name.ipynb   the executed notebook (outputs kept)
     lessons/NN_name.html    the same, rendered by nbconvert
+    lessons/NN_name.kernel.log  the kernel process's own stdout/stderr (crash messages)
     figures/NN_k.png        every image/png output of lesson NN, k = 1, 2, ... in notebook order
     index.html              the gallery: per lesson, its figures, its claims, and whether each held
     course.json             machine-readable results (below); ``make bench`` reads it
@@ -224,8 +225,11 @@ def _figures(nb) -> list[tuple[bytes, str]]:
     return figs
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 def _error_summary(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
+    text = _ANSI.sub("", str(exc)).strip().splitlines()
     # CellExecutionError's text ends with the exception line ("ClaimFailed: ...")
     tail = [ln for ln in text if ln.strip() and not ln.startswith(("---", " "))]
     return (tail[-1] if tail else type(exc).__name__)[:500]
@@ -261,9 +265,13 @@ def run_lesson(path: Path, out: Path, timeout: int = DEFAULT_TIMEOUT, seed: str 
             monitor.start(pid)
 
     client.on_notebook_start = on_start
+    lessons_out = out / "lessons"
+    lessons_out.mkdir(parents=True, exist_ok=True)
+    # the kernel process's own stdout/stderr (not the cells' output, which travels over zmq)
+    kernel_log = open(lessons_out / f"{path.stem}.kernel.log", "wb")
     t0 = time.perf_counter()
     try:
-        client.execute(env=env)
+        client.execute(env=env, stdout=kernel_log, stderr=kernel_log)
         res.status = "passed"
     except CellTimeoutError as e:
         res.status, res.error = "timeout", f"a cell ran longer than {timeout} s ({_error_summary(e)})"
@@ -271,19 +279,19 @@ def run_lesson(path: Path, out: Path, timeout: int = DEFAULT_TIMEOUT, seed: str 
         res.error = _error_summary(e)
         res.status = "failed" if "ClaimFailed" in str(e) else "error"
     except DeadKernelError as e:
-        res.status, res.error = "error", f"the kernel died (out of memory?): {_error_summary(e)}"
+        res.status, res.error = "error", (f"the kernel died (out of memory?): {_error_summary(e)}; "
+                                          f"see lessons/{path.stem}.kernel.log")
     except Exception as e:  # a broken notebook or kernel start must not stop the course
         res.status, res.error = "error", f"{type(e).__name__}: {e}"[:500]
     finally:
         res.runtime_s = time.perf_counter() - t0
         res.peak_mb = monitor.stop()
+        kernel_log.close()
 
     res.claims = parse_claims(_stdout_text(nb))
     if res.status == "passed" and any(c["status"] == "FAIL" for c in res.claims):
         res.status = "failed"  # a FAIL line that did not raise still fails the lesson
 
-    lessons_out = out / "lessons"
-    lessons_out.mkdir(parents=True, exist_ok=True)
     nb_path = lessons_out / path.name
     nbformat.write(nb, nb_path)
     res.notebook = nb_path.relative_to(out).as_posix()

@@ -86,6 +86,8 @@ def test_course_json(full):
     a, b = by["01_holds"], by["02_fails"]
     assert a["status"] == "passed" and b["status"] == "failed"
     assert "ClaimFailed" in b["error"] and "accuracy above one half" in b["error"]
+    assert "\x1b[" not in b["error"]  # no terminal colour codes in the report
+    assert (out / "lessons" / "02_fails.kernel.log").exists()
     for item in (a, b):
         assert 0 < item["runtime_s"] < 120
         assert 20 < item["peak_mb"] < 4000  # a python kernel with matplotlib: tens to hundreds of MB
