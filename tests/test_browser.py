@@ -211,7 +211,9 @@ def run_all(page, timeout_s: float) -> None:
     page.locator('.lm-Menu-item[data-command="runmenu:run-all"]').click()
     prompts = "[...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell .jp-InputPrompt')]" \
               ".map(e => e.innerText.trim())"
-    page.wait_for_function(f"() => {prompts}.some(s => s === '[*]:')", timeout=10_000)
+    # started: some cell queued or running (or, for a very quick notebook, every cell already numbered)
+    page.wait_for_function(f"() => {prompts}.some(s => s === '[*]:') || {prompts}.every(s => /^\\[\\d+\\]:$/.test(s))",
+                           timeout=10_000)
     page.wait_for_function(f"() => !{prompts}.some(s => s === '[*]:')", timeout=timeout_s * 1000)
     states = page.evaluate(f"() => {prompts}")
     not_run = [i for i, s in enumerate(states) if not re.fullmatch(r"\[\d+\]:", s)]
@@ -277,7 +279,14 @@ def test_exercise_validates_with_nbgrader(page, lab):
         shot(page, "05_exercise_opened.png")
     with step(page, lab, "validate"):
         toolbar = page.locator(".jp-NotebookPanel:visible .jp-NotebookPanel-toolbar")
-        toolbar.get_by_text("Validate", exact=True).click()
+        button = toolbar.get_by_text("Validate", exact=True)
+        try:
+            button.wait_for(timeout=15_000)
+        except Exception as e:
+            raise AssertionError("no Validate button on the notebook toolbar: nbgrader's JupyterLab extension is "
+                                 "missing or disabled (`jupyter labextension list` should show @jupyter/nbgrader "
+                                 "enabled; `pip install nbgrader==0.9.6`)") from e
+        button.click()
         dialog = page.locator(".jp-Dialog")
         dialog.wait_for(timeout=90_000)
         dialog.get_by_text("Validation Results").wait_for()
