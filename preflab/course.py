@@ -10,7 +10,7 @@ What it writes under ``--out`` (default ``build``)::
     lessons/NN_name.ipynb   the executed notebook (outputs kept)
     lessons/NN_name.html    the same, rendered by nbconvert
     lessons/NN_name.kernel.log  the kernel process's own stdout/stderr (crash messages)
-    figures/NN_k.png        every image/png output of lesson NN, k = 1, 2, ... in notebook order
+    figures/NN_k.png        every image/png output of lesson NN (widget outputs included), k = 1, 2, ...
     index.html              the gallery: per lesson, its figures, its claims, and whether each held
     course.json             machine-readable results (below); ``make bench`` reads it
 
@@ -203,12 +203,20 @@ def _figures(nb) -> list[tuple[bytes, str]]:
     """Every image/png output with a caption: the first paragraph of the markdown cell right after it."""
     figs = []
     cells = nb.cells
+    widgets = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
     for i, cell in enumerate(cells):
         if cell.cell_type != "code":
             continue
-        pngs = [out["data"]["image/png"] for out in cell.get("outputs", [])
-                if out.get("output_type") in ("display_data", "execute_result")
-                and "image/png" in out.get("data", {})]
+        pngs = []
+        for out in cell.get("outputs", []):
+            if out.get("output_type") not in ("display_data", "execute_result"):
+                continue
+            data = out.get("data", {})
+            if "image/png" in data:
+                pngs.append(data["image/png"])
+            view = data.get("application/vnd.jupyter.widget-view+json")
+            if isinstance(view, dict) and view.get("model_id"):
+                pngs += _widget_pngs(widgets, view["model_id"], set())
         if not pngs:
             continue
         caption = ""
@@ -223,6 +231,19 @@ def _figures(nb) -> list[tuple[bytes, str]]:
                 data = "".join(data)
             figs.append((base64.b64decode(data), caption))
     return figs
+
+
+def _widget_pngs(state: dict, model_id: str, seen: set) -> list:
+    """PNGs an executed widget shows: an Output widget's outputs, through its containers' children."""
+    if model_id in seen or model_id not in state:
+        return []
+    seen.add(model_id)
+    w = state[model_id].get("state", {})
+    pngs = [o["data"]["image/png"] for o in w.get("outputs", []) if "image/png" in o.get("data", {})]
+    for child in w.get("children", []):
+        if isinstance(child, str) and child.startswith("IPY_MODEL_"):
+            pngs += _widget_pngs(state, child[len("IPY_MODEL_"):], seen)
+    return pngs
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -277,7 +298,7 @@ def run_lesson(path: Path, out: Path, timeout: int = DEFAULT_TIMEOUT, seed: str 
         res.status, res.error = "timeout", f"a cell ran longer than {timeout} s ({_error_summary(e)})"
     except CellExecutionError as e:
         res.error = _error_summary(e)
-        res.status = "failed" if "ClaimFailed" in str(e) else "error"
+        res.status = "failed" if getattr(e, "ename", "") == "ClaimFailed" or "ClaimFailed" in str(e) else "error"
     except DeadKernelError as e:
         res.status, res.error = "error", (f"the kernel died (out of memory?): {_error_summary(e)}; "
                                           f"see lessons/{path.stem}.kernel.log")

@@ -21,6 +21,10 @@ PASSING = [
     new_code_cell("fig, ax = plt.subplots(figsize=(3, 2))\nax.plot([0, 1, 2], [0, 1, 4])\n"
                   "ax.set_xlabel('x'); ax.set_ylabel('y'); ax.set_title('a parabola')\nplt.show()"),
     new_markdown_cell("The curve bends upwards: the slope grows with x."),
+    new_code_cell("import ipywidgets as widgets\n"
+                  "def line(slope=1.0):\n    plt.figure(figsize=(2, 2)); plt.plot([0, 1], [0, slope]); plt.show()\n"
+                  "widgets.interact(line, slope=widgets.FloatSlider(value=1.0, min=0.0, max=2.0, description='slope'));"),
+    new_markdown_cell("**A slider** redraws the line."),
     new_code_cell("seed = os.environ.get('PREFLAB_SEED')\n"
                   "check('the seed reaches the kernel', seed == '7', f'PREFLAB_SEED={seed}')\n"
                   "check('two plus two', 2 + 2 == 4, 'measured 4')"),
@@ -109,10 +113,12 @@ def test_notebooks_html_and_figures(full):
     assert failed_nb.cells[-1].execution_count is None  # execution stopped at the failing check
     assert "two plus two" in (out / a["html"]).read_text()
     assert (out / "lessons" / "02_fails.html").exists()
-    assert a["figures"] == ["figures/01_1.png"] and b["figures"] == []
-    png = (out / "figures" / "01_1.png").read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
-    assert a["captions"] == ["The curve bends upwards: the slope grows with x."]
+    # a plain figure and the figure inside an interact widget's output
+    assert a["figures"] == ["figures/01_1.png", "figures/01_2.png"] and b["figures"] == []
+    for name in a["figures"]:
+        png = (out / name).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+    assert a["captions"] == ["The curve bends upwards: the slope grows with x.", "A slider redraws the line."]
 
 
 def test_gallery(full):
