@@ -1,0 +1,183 @@
+"""Benchmark 2: what makes preflab's DPO trainer fast, one speed switch off at a time.
+
+The same run as benchmark 1 (tiny SFT policy, world-0 pairs, batch 32, 2 epochs, summed
+log-probs, sigmoid loss) with ``DPOConfig`` as shipped and then with each switch turned off:
+
+* ``concat_forward=False``: chosen and rejected in two forward passes instead of one.
+* ``cache_reference=False``: a reference forward pass at every step instead of one cached pass.
+* ``trim_padding=False``: every batch padded to the data set's longest row instead of its own.
+
+Runs alternate (all variants, then all again, ...) and the table gives each variant's median
+pairs/s and its slowdown against the shipped configuration.
+
+It also times, on one batch of 32 pairs, the policy's forward and backward pass three ways:
+preflab's ``pair_logps`` (logits at every position, padded rows), the LM head applied only at
+response positions (what TRL's fused head does), and the response-only head on *packed* rows
+(the 64 sequences laid end to end in rows of at most the context length, a block-diagonal
+causal mask, positions restarting at each sequence: no padding). The last two are prototypes in
+this file, not switches of ``preflab.dpo``; they give the same summed log-probs (checked) and
+show what a further switch would buy.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.common import load_average, median, row
+from benchmarks.dpo_vs_trl import make_pairs, preflab_order, run_preflab
+
+VARIANTS = {
+    "shipped": {},
+    "concat_forward off": {"concat_forward": False},
+    "cache_reference off": {"cache_reference": False},
+    "trim_padding off": {"trim_padding": False},
+}
+
+
+# ----------------------------------------------------------------------------- prototypes
+def _joined(enc, idx, pad_id):
+    from preflab.dpo import _pad_to, _rows
+
+    c, r = _rows(enc.chosen, idx), _rows(enc.rejected, idx)
+    T = int(max(c.attention_mask.sum(-1).max(), r.attention_mask.sum(-1).max()))
+    c, r = _pad_to(c, T, pad_id), _pad_to(r, T, pad_id)
+    return (torch.cat([c.input_ids, r.input_ids]), torch.cat([c.attention_mask, r.attention_mask]),
+            torch.cat([c.response_mask, r.response_mask]))
+
+
+def _head_logps(model, hidden, ids, target_mask, owner, n_seq):
+    """Summed log-probs per sequence, the LM head applied only where target_mask (shifted) is set."""
+    m = target_mask[:, 1:].bool()
+    sel = hidden[:, :-1][m]
+    logp = F.log_softmax(model.get_output_embeddings()(sel).float(), -1)
+    picked = logp.gather(1, ids[:, 1:][m].unsqueeze(1)).squeeze(1)
+    return torch.zeros(n_seq, dtype=picked.dtype).index_add(0, owner[:, 1:][m], picked)
+
+
+def response_head_logps(model, enc, idx, pad_id):
+    """Prototype: padded rows as in preflab, but the LM head only at response positions."""
+    from preflab.model import position_ids_from
+
+    ids, attn, resp = _joined(enc, idx, pad_id)
+    hidden = model.base_model(input_ids=ids, attention_mask=attn, position_ids=position_ids_from(attn)).last_hidden_state
+    owner = torch.arange(ids.shape[0]).unsqueeze(1).expand_as(ids)
+    s = _head_logps(model, hidden, ids, resp, owner, ids.shape[0])
+    return s[: len(idx)], s[len(idx):]
+
+
+def packed_logps(model, enc, idx, pad_id, context: int | None = None):
+    """Prototype: sequences packed end to end (first fit) into rows of at most ``context`` tokens,
+    a block-diagonal causal mask and positions restarting per sequence; the LM head only at
+    response positions. Returns (chosen, rejected) summed log-probs and the packed shape."""
+    context = context or model.config.n_positions
+    seqs = []
+    for b in (enc.chosen, enc.rejected):
+        for i in idx.tolist():
+            n = int(b.attention_mask[i].sum())
+            seqs.append((b.input_ids[i, :n], b.response_mask[i, :n]))
+    rows: list[list[int]] = []
+    used: list[int] = []
+    for k, (s, _) in enumerate(seqs):
+        for j in range(len(rows)):
+            if used[j] + len(s) <= context:
+                rows[j].append(k)
+                used[j] += len(s)
+                break
+        else:
+            rows.append([k])
+            used.append(len(s))
+    R, L = len(rows), max(used)
+    ids = torch.full((R, L), pad_id, dtype=torch.long)
+    pos = torch.zeros((R, L), dtype=torch.long)
+    seg = torch.full((R, L), -1, dtype=torch.long)
+    resp = torch.zeros((R, L), dtype=torch.long)
+    for j, items in enumerate(rows):
+        o = 0
+        for k in items:
+            s, rm = seqs[k]
+            n = len(s)
+            ids[j, o:o + n], pos[j, o:o + n], seg[j, o:o + n], resp[j, o:o + n] = s, torch.arange(n), k, rm
+            o += n
+    causal = torch.tril(torch.ones(L, L, dtype=torch.bool))
+    mask = (causal & (seg[:, :, None] == seg[:, None, :]))[:, None] | torch.eye(L, dtype=torch.bool)
+    hidden = model.base_model(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state
+    s = _head_logps(model, hidden, ids, resp, seg.clamp(min=0), len(seqs))
+    return s[: len(idx)], s[len(idx):], (R, L)
+
+
+def forward_backward_times(model, tok, records, batch_size: int = 32, repeats: int = 5) -> dict:
+    """Median seconds of one policy forward + backward on one batch, three ways (alternating)."""
+    from preflab.dpo import _pad_id, encode_pairs, pair_logps
+
+    enc = encode_pairs(tok, records)
+    pad = _pad_id(tok)
+    idx = torch.as_tensor(preflab_order(len(records))[:batch_size])
+    policy = copy.deepcopy(model).train()
+    ways = {
+        "preflab pair_logps": lambda: pair_logps(policy, enc, idx, pad),
+        "LM head at response tokens only": lambda: response_head_logps(policy, enc, idx, pad),
+        "packed rows + response-only head": lambda: packed_logps(policy, enc, idx, pad)[:2],
+    }
+    with torch.no_grad():
+        ref_c, ref_r = ways["preflab pair_logps"]()
+        diffs = {}
+        for name, fn in ways.items():
+            c, r = fn()
+            diffs[name] = max(float((c - ref_c).abs().max()), float((r - ref_r).abs().max()))
+        _, _, shape = packed_logps(policy, enc, idx, pad)
+        ids, attn, _ = _joined(enc, idx, pad)
+    times = {k: [] for k in ways}
+    for _ in range(repeats):
+        for name, fn in ways.items():
+            policy.zero_grad(set_to_none=True)
+            t0 = time.perf_counter()
+            c, r = fn()
+            (c.sum() - r.sum()).backward()
+            times[name].append(time.perf_counter() - t0)
+    real = int(attn.sum())
+    return {"median_s": {k: median(v) for k, v in times.items()}, "max_abs_logp_diff": diffs,
+            "padded_shape": list(ids.shape), "packed_shape": list(shape), "real_tokens": real,
+            "padded_utilization": real / ids.numel(), "packed_utilization": real / (shape[0] * shape[1])}
+
+
+# ----------------------------------------------------------------------------- the benchmark
+def run(quick: bool = False, rounds: int | None = None, pairs: int | None = None, epochs: int = 2,
+        batch_size: int = 32) -> dict:
+    from preflab.model import load_policy
+
+    rounds = rounds or (1 if quick else 2)
+    batch_size = 4 if quick else batch_size
+    pairs = pairs or (8 if quick else 128)
+    pairs -= pairs % batch_size
+    steps = epochs * pairs // batch_size
+    model, tok = load_policy("tiny", device="cpu")
+    records = make_pairs(pairs)
+    run_preflab(model, tok, records[:batch_size], 1, batch_size, 0.1, 5e-4)  # warm-up, untimed
+    runs = {k: [] for k in VARIANTS}
+    for _ in range(rounds):
+        for name, switches in VARIANTS.items():
+            r = run_preflab(model, tok, records, steps, batch_size, 0.1, 5e-4, **switches)
+            r.pop("history")
+            runs[name].append(r)
+    med = {k: median([r["pairs_per_s"] for r in v]) for k, v in runs.items()}
+    fb = forward_backward_times(model, tok, records, batch_size, repeats=2 if quick else 5)
+    base = med["shipped"]
+    rows = [row("speed-ups", "preflab as shipped, pairs/s", f"{base:.1f}")]
+    for name in VARIANTS:
+        if name != "shipped":
+            rows.append(row("speed-ups", f"{name}, pairs/s", f"{med[name]:.1f} ({base / med[name]:.2f}x slower)"))
+    t = fb["median_s"]
+    t0 = t["preflab pair_logps"]
+    rows.append(row("speed-ups", "fwd+bwd, 1 batch: preflab pair_logps", f"{t0:.3f} s (rows {fb['padded_utilization']:.0%} real tokens)"))
+    rows.append(row("speed-ups", "  prototype: LM head at response tokens", f"{t['LM head at response tokens only']:.3f} s "
+                    f"({t0 / t['LM head at response tokens only']:.2f}x)"))
+    rows.append(row("speed-ups", "  prototype: packed rows, no padding", f"{t['packed rows + response-only head']:.3f} s "
+                    f"({t0 / t['packed rows + response-only head']:.2f}x; {fb['packed_utilization']:.0%} real)"))
+    return {"setup": {"pairs": pairs, "epochs": epochs, "steps": steps, "batch_size": batch_size, "rounds": rounds},
+            "runs": runs, "median_pairs_per_s": med,
+            "slowdown_vs_shipped": {k: base / v for k, v in med.items()},
+            "forward_backward": fb, "load_average_end": load_average(), "rows": rows}
