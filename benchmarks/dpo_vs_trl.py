@@ -160,6 +160,9 @@ def make_trl_trainer(model, tok, records, order, steps: int, batch_size: int, be
         policy, reference = copy.deepcopy(model), copy.deepcopy(model)
         trainer = _trainer_class(order)(model=policy, ref_model=reference, args=args,
                                         train_dataset=trl_dataset(records), processing_class=tok)
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # the log dicts go to state.log_history, not the terminal
     return trainer
 
 

@@ -20,7 +20,8 @@ The same batch is graded three ways, each timed from the command's start to its 
 Both sides get the same per-cell timeout (``--timeout``, 10 s by default), so the endless loop
 costs each the same wait. The plain loop has no sandbox, no watchdog and no feedback files;
 ``make grade`` does all of that and still is measured against it. Seconds per submission =
-wall time / number of submissions (bad ones included).
+wall time / number of submissions (bad ones included). The CPU seconds of the child processes
+(``getrusage(RUSAGE_CHILDREN)``, kernels included) are recorded beside each wall time.
 """
 
 from __future__ import annotations
@@ -77,6 +78,15 @@ def make_submissions(dest: Path, n_exercises: int = 3) -> list[tuple[str, str, s
     return subs
 
 
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of finished child processes and their waited-for descendants:
+    a load-independent companion to the wall time on a shared machine."""
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def _env() -> dict:
     env = dict(os.environ)
     bindir = os.path.dirname(sys.executable)
@@ -89,9 +99,9 @@ def time_make_grade(subs: Path, out: Path, workers: int, timeout: int) -> dict:
     cmd = [sys.executable, "-m", "autograder.grade", str(subs), "--out", str(out), "--workers", str(workers),
            "--timeout", str(timeout), "--fresh"]
     load = load_average()
-    t0 = time.perf_counter()
+    c0, t0 = _children_cpu(), time.perf_counter()
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=_env())
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, _children_cpu() - c0
     statuses = {}
     if (out / "grades.csv").exists():
         import csv
@@ -99,7 +109,7 @@ def time_make_grade(subs: Path, out: Path, workers: int, timeout: int) -> dict:
         with open(out / "grades.csv", newline="") as fh:
             for rec in csv.DictReader(fh):
                 statuses[f"{rec['student_id']}/{rec['exercise']}"] = rec["status"]
-    return {"seconds": seconds, "returncode": r.returncode, "load_average": load, "statuses": statuses,
+    return {"seconds": seconds, "cpu_s": cpu, "returncode": r.returncode, "load_average": load, "statuses": statuses,
             "stderr_tail": r.stderr[-800:] if r.returncode else ""}
 
 
@@ -138,14 +148,14 @@ def time_plain_loop(subs_dir: Path, subs: list[tuple[str, str, str]], work: Path
         shutil.copy2(subs_dir / student / f"{aid}.ipynb", dst / f"{aid}.ipynb")
     load = load_average()
     per, codes = [], []
-    t0 = time.perf_counter()
+    c0, t0 = _children_cpu(), time.perf_counter()
     for student, aid, _ in subs:
         t1 = time.perf_counter()
         r = subprocess.run(nbgrader + ["autograde", aid, "--student", student, "--force"], cwd=root,
                            capture_output=True, text=True, env=env)
         per.append(time.perf_counter() - t1)
         codes.append(r.returncode)
-    return {"seconds": time.perf_counter() - t0, "per_submission_s": per, "returncodes": codes, "load_average": load}
+    return {"seconds": time.perf_counter() - t0, "cpu_s": _children_cpu() - c0, "per_submission_s": per, "returncodes": codes, "load_average": load}
 
 
 def run(quick: bool = False, timeout: int = 10, n_exercises: int | None = None) -> dict:
