@@ -38,7 +38,7 @@ course: install
 # Two workers, one thread each: on 2 cores the small models run faster side by side than threaded.
 TEST_WORKERS ?= 2
 test: install
-	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal --durations=25 $(PYTEST_ARGS)
 
 test-fast: install
 	$(PY) -m pytest -m "not slow and not lesson and not browser" -q $(PYTEST_ARGS)
