@@ -74,6 +74,14 @@ def _to(lib, x, like=None):
     return torch.as_tensor(x, dtype=dtype, device=device)
 
 
+
+def _check_rewards(lib, rewards, like):
+    """Rewards as the same library and dtype as ``like``; every entry finite."""
+    r = _to(lib, rewards, like=like)
+    if not _all(lib, lib.isfinite(r)):
+        raise ValueError("rewards has NaN or inf entries")
+    return r
+
 def _all(lib, cond) -> bool:
     return bool(cond.all()) if lib is not np else bool(np.all(cond))
 
@@ -171,9 +179,7 @@ def optimal_policy(ref_probs, rewards, beta):
     lib = _lib(ref_probs, rewards)
     beta = _check_beta(beta)
     ref = _check_probs(lib, ref_probs, "ref_probs")
-    r = _to(lib, rewards, like=ref)
-    if not _all(lib, lib.isfinite(r)):
-        raise ValueError("rewards has NaN or inf entries")
+    r = _check_rewards(lib, rewards, like=ref)
     _check_shapes(ref_probs=ref, rewards=r)
     with np.errstate(divide="ignore"):
         logits = lib.log(ref) + r / beta
@@ -193,9 +199,7 @@ def kl_regularized_objective(probs, ref_probs, rewards, beta):
     lib = _lib(probs, ref_probs, rewards)
     beta = _check_beta(beta)
     p = _check_probs(lib, probs, "probs")
-    r = _to(lib, rewards, like=p)
-    if not _all(lib, lib.isfinite(r)):
-        raise ValueError("rewards has NaN or inf entries")
+    r = _check_rewards(lib, rewards, like=p)
     _check_shapes(probs=p, rewards=r)
     expected_reward = (p * r).sum(-1)
     return expected_reward - beta * kl_divergence(p, ref_probs)
