@@ -37,7 +37,6 @@ frozen copy that never trains.
 from __future__ import annotations
 
 import copy
-import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
