@@ -257,9 +257,11 @@ def run(quick: bool = False, rounds: int | None = None, pairs: int | None = None
         run_preflab(model, tok, warm, 1, batch_size, beta, lr)
         run_trl(model, tok, warm, 1, batch_size, beta, lr, precompute=False)
 
-    runs = {"preflab": [], "trl": [], "trl_precomputed": []}
+    runs = {"preflab": [], "preflab_packed": [], "trl": [], "trl_precomputed": []}
     for _ in range(rounds):
         runs["preflab"].append(run_preflab(model, tok, records, steps, batch_size, beta, lr))
+        runs["preflab_packed"].append(run_preflab(model, tok, records, steps, batch_size, beta, lr,
+                                                  pack_sequences=True))
         runs["trl"].append(run_trl(model, tok, records, steps, batch_size, beta, lr, precompute=False))
         runs["trl_precomputed"].append(run_trl(model, tok, records, steps, batch_size, beta, lr, precompute=True))
 
@@ -273,6 +275,9 @@ def run(quick: bool = False, rounds: int | None = None, pairs: int | None = None
     med = {k: median([r["pairs_per_s"] for r in v]) for k, v in runs.items()}
     med_cpu = {k: median([r["pairs_per_cpu_s"] for r in v]) for k, v in runs.items()}
     ratio_cpu = [p["pairs_per_cpu_s"] / t["pairs_per_cpu_s"] for p, t in zip(runs["preflab"], runs["trl"])]
+    ratio_packed = [p["pairs_per_s"] / t["pairs_per_s"] for p, t in zip(runs["preflab_packed"], runs["trl"])]
+    ratio_packed_cpu = [p["pairs_per_cpu_s"] / t["pairs_per_cpu_s"] for p, t in zip(runs["preflab_packed"], runs["trl"])]
+    packed_loss0_diff = abs(runs["preflab_packed"][0]["history"][0]["loss"] - pf_hist[0]["loss"])
     res = {
         "setup": {"steps": steps, "epochs": epochs, "batch_size": batch_size, "pairs": len(records), "rounds": rounds, "beta": beta,
                   "lr": lr, "loss_type": "sigmoid", "logps": "summed", "max_length": tok.model_max_length,
@@ -282,6 +287,8 @@ def run(quick: bool = False, rounds: int | None = None, pairs: int | None = None
         "median_pairs_per_s": med, "median_pairs_per_cpu_s": med_cpu,
         "median_ratio_cpu_time": median(ratio_cpu), "ratios_cpu_time": ratio_cpu,
         "median_ratio": median(ratio), "ratios": ratio,
+        "median_ratio_packed": median(ratio_packed), "ratios_packed": ratio_packed,
+        "median_ratio_packed_cpu_time": median(ratio_packed_cpu), "packed_step0_loss_abs_diff": packed_loss0_diff,
         "median_ratio_vs_trl_precomputed": median(ratio_pre), "ratios_vs_trl_precomputed": ratio_pre,
         "step0": step0, "step0_loss_abs_diff": loss0_diff,
         "agreement": agree, "agreement_trl_precomputed": agree_pre,
@@ -294,6 +301,11 @@ def run(quick: bool = False, rounds: int | None = None, pairs: int | None = None
         row("dpo", "TRL precompute_ref_log_probs pairs/s", f"{med['trl_precomputed']:.1f}"),
         row("dpo", "ratio preflab / TRL (median)", f"{res['median_ratio']:.2f}x", ">= 2x",
             res["median_ratio"] >= 2.0),
+        row("dpo", "preflab pack_sequences=True pairs/s (median)", f"{med['preflab_packed']:.1f}"),
+        row("dpo", "ratio preflab packed / TRL (median)", f"{res['median_ratio_packed']:.2f}x", ">= 2x",
+            res["median_ratio_packed"] >= 2.0),
+        row("dpo", "ratio per CPU-second preflab packed / TRL", f"{res['median_ratio_packed_cpu_time']:.2f}x"),
+        row("dpo", "step-0 loss |packed - padded|", f"{packed_loss0_diff:.1e}", "<= 1e-5", packed_loss0_diff <= 1e-5),
         row("dpo", "ratio preflab / TRL precomputed", f"{res['median_ratio_vs_trl_precomputed']:.2f}x"),
         row("dpo", "ratio per CPU-second preflab / TRL", f"{res['median_ratio_cpu_time']:.2f}x"),
         row("dpo", "step-0 loss |preflab - TRL|", f"{loss0_diff:.1e}" if loss0_diff is not None else "n/a",

@@ -32,6 +32,10 @@ Speed (each switch can be turned off, and gives the same loss and gradients):
   pass at every step).
 * ``trim_padding``: each batch is cut to its own longest row (instead of the longest row of
   the whole data set). No sorting, so batches stay random.
+* ``pack_sequences`` (off by default): no padding at all. The batch's sequences are packed end
+  to end with a block-diagonal causal mask and restarting positions, and the LM head runs only
+  where response tokens are predicted; same log-probs up to float rounding, about 1.5x the
+  pairs per CPU-second on the tiny model (``make bench``). Needs transformers >= 5.
 
     from preflab.dpo import DPOConfig, train_dpo
     history = train_dpo(policy, reference, tok, records, DPOConfig(beta=0.1, lr=5e-4, epochs=2))
@@ -47,11 +51,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from preflab.losses import (cdpo_loss, dpo_loss, hinge_loss, ipo_loss, preference_metrics,
                             rdpo_loss, robust_dpo_loss, simpo_loss)
-from preflab.model import Batch, encode, token_logprobs
+from preflab.model import Batch, encode, max_context, token_logprobs
 
 __all__ = ["DPOConfig", "LOSS_TYPES", "train_dpo", "precompute_reference_logps", "implicit_reward",
            "evaluate_pairs", "encode_pairs", "drop_empty", "sample_policy_pairs", "pair_logps", "dpo_losses"]
@@ -98,6 +103,7 @@ class DPOConfig:
     concat_forward: bool = True
     cache_reference: bool = True
     trim_padding: bool = True
+    pack_sequences: bool = False
     ref_batch_size: int = 128
 
     def __post_init__(self):
@@ -204,13 +210,66 @@ def _seq_logps(model, b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     return logp.sum(-1), b.response_mask[:, 1:].sum(-1).to(logp.dtype)
 
 
+def packed_pair_logps(model, enc: EncodedPairs, idx) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed response log-probs with every sequence of the batch packed end to end.
+
+    The batch's chosen and rejected sequences (real tokens only) are placed first-fit into rows
+    of at most the model's context. A block-diagonal causal mask keeps each sequence from seeing
+    its neighbours and positions restart at 0 for each, so every sequence's log-probs equal its
+    unpacked ones (up to float rounding); no compute goes to padding, and the LM head runs only
+    at the positions that predict response tokens. Needs a model that accepts a 4-D boolean
+    attention mask (transformers >= 5 GPT-2; tested).
+    """
+    device = next(model.parameters()).device
+    context = max_context(model)
+    seqs = []
+    for b in (enc.chosen, enc.rejected):
+        for i in idx.tolist():
+            n = int(b.attention_mask[i].sum())
+            seqs.append((b.input_ids[i, :n], b.response_mask[i, :n]))
+    rows: list[list[int]] = []
+    used: list[int] = []
+    for k, (ids_k, _) in enumerate(seqs):  # first fit
+        j = next((j for j in range(len(rows)) if used[j] + len(ids_k) <= context), None)
+        if j is None:
+            rows.append([k])
+            used.append(len(ids_k))
+        else:
+            rows[j].append(k)
+            used[j] += len(ids_k)
+    R, L = len(rows), max(used)
+    ids = torch.zeros((R, L), dtype=torch.long)
+    pos = torch.zeros((R, L), dtype=torch.long)
+    seg = torch.full((R, L), -1, dtype=torch.long)  # which sequence owns each slot (-1: empty)
+    resp = torch.zeros((R, L), dtype=torch.long)
+    for j, items in enumerate(rows):
+        o = 0
+        for k in items:
+            ids_k, resp_k = seqs[k]
+            n = len(ids_k)
+            ids[j, o:o + n], pos[j, o:o + n], seg[j, o:o + n], resp[j, o:o + n] = ids_k, torch.arange(n), k, resp_k
+            o += n
+    causal = torch.tril(torch.ones(L, L, dtype=torch.bool))
+    mask = (causal & (seg[:, :, None] == seg[:, None, :]))[:, None] | torch.eye(L, dtype=torch.bool)
+    ids, pos, seg, resp, mask = ids.to(device), pos.to(device), seg.to(device), resp.to(device), mask.to(device)
+    hidden = model.base_model(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state
+    target = resp[:, 1:].bool()  # position t predicts token t+1; both in the same sequence
+    logits = model.get_output_embeddings()(hidden[:, :-1][target]).float()
+    picked = F.log_softmax(logits, -1).gather(1, ids[:, 1:][target].unsqueeze(1)).squeeze(1)
+    s = torch.zeros(len(seqs), dtype=picked.dtype, device=device).index_add(0, seg[:, 1:][target], picked)
+    return s[: len(idx)], s[len(idx):]
+
+
 def pair_logps(model, enc: EncodedPairs, idx, pad_id: int, concat_forward: bool = True,
-               trim: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+               trim: bool = True, pack: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probs of the chosen and rejected responses of rows ``idx``: (chosen, rejected).
 
     concat_forward: one forward pass on [chosen; rejected] (both padded to a common width);
     otherwise two. trim: cut to the batch's longest row; otherwise pad to the data set's longest.
+    pack: no padding at all (:func:`packed_pair_logps`); overrides the other two.
     """
+    if pack:
+        return packed_pair_logps(model, enc, idx)
     device = next(model.parameters()).device
     c, r = _rows(enc.chosen, idx), _rows(enc.rejected, idx)
     if trim:
@@ -231,14 +290,14 @@ def pair_logps(model, enc: EncodedPairs, idx, pad_id: int, concat_forward: bool 
 
 @torch.no_grad()
 def _all_pair_logps(model, enc: EncodedPairs, pad_id: int, batch_size: int, progress: bool = False,
-                    desc: str = "reference log-probs") -> tuple[torch.Tensor, torch.Tensor]:
+                    desc: str = "reference log-probs", pack: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     was_training = model.training
     model.eval()
     out_c, out_r = [], []
     n = len(enc)
     for s in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, leave=False):
         idx = torch.arange(s, min(n, s + batch_size))
-        c, r = pair_logps(model, enc, idx, pad_id, concat_forward=True, trim=True)
+        c, r = pair_logps(model, enc, idx, pad_id, concat_forward=True, trim=True, pack=pack)
         out_c.append(c.float().cpu())
         out_r.append(r.float().cpu())
     model.train(was_training)
@@ -435,7 +494,8 @@ def train_dpo(policy, reference, tokenizer, records: Sequence[dict], config: DPO
 
     ref_c = ref_r = None
     if cfg.needs_reference and cfg.cache_reference:
-        ref_c, ref_r = _all_pair_logps(reference, enc, pad, cfg.ref_batch_size, progress, "reference log-probs")
+        ref_c, ref_r = _all_pair_logps(reference, enc, pad, cfg.ref_batch_size, progress, "reference log-probs",
+                                       pack=cfg.pack_sequences)
     eval_ref = None
     if eval_records is not None and cfg.needs_reference:
         eval_ref = precompute_reference_logps(reference, tokenizer, eval_records, cfg.ref_batch_size)
@@ -462,14 +522,15 @@ def train_dpo(policy, reference, tokenizer, records: Sequence[dict], config: DPO
         for g in opt.param_groups:
             g["lr"] = lr
 
-        pc, pr = pair_logps(policy, enc, idx, pad, cfg.concat_forward, cfg.trim_padding)
+        pc, pr = pair_logps(policy, enc, idx, pad, cfg.concat_forward, cfg.trim_padding, cfg.pack_sequences)
         rc = rr = None
         if cfg.needs_reference:
             if cfg.cache_reference:
                 rc, rr = ref_c[idx].to(device), ref_r[idx].to(device)
             else:
                 with torch.no_grad():
-                    rc, rr = pair_logps(reference, enc, idx, pad, cfg.concat_forward, cfg.trim_padding)
+                    rc, rr = pair_logps(reference, enc, idx, pad, cfg.concat_forward, cfg.trim_padding,
+                                        cfg.pack_sequences)
         cl, rl = cl_all[idx].to(device), rl_all[idx].to(device)
         losses, cr, rj, h = dpo_losses(cfg, pc, pr, rc, rr, cl, rl)
         loss = losses.mean()

@@ -46,14 +46,16 @@ def test_dpo_sides_compute_the_same_thing(quick):
     assert res["agreement"]["steps_compared"] >= 2
     assert max(diffs[k] for k in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins")) <= 1e-4
     assert diffs["rewards/accuracies"] <= 1e-9
-    for side in ("preflab", "trl", "trl_precomputed"):
+    for side in ("preflab", "preflab_packed", "trl", "trl_precomputed"):
         assert res["median_pairs_per_s"][side] > 0
+    assert res["packed_step0_loss_abs_diff"] <= 1e-5
     assert res["median_ratio"] > 0
 
 
 def test_speedups_cover_each_switch(quick):
     res = quick[1]["results"]["speedups"]
-    assert set(res["median_pairs_per_s"]) == {"shipped", "concat_forward off", "cache_reference off", "trim_padding off"}
+    assert set(res["median_pairs_per_s"]) == {"shipped", "concat_forward off", "cache_reference off", "trim_padding off",
+                                             "pack_sequences on"}
     for name, diff in res["forward_backward"]["max_abs_logp_diff"].items():
         assert diff <= 1e-3, name  # the prototypes score the same summed log-probs
 
