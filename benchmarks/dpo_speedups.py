@@ -14,9 +14,9 @@ It also times, on one batch of 32 pairs, the policy's forward and backward pass 
 preflab's ``pair_logps`` (logits at every position, padded rows), the LM head applied only at
 response positions (what TRL's fused head does), and the response-only head on *packed* rows
 (the 64 sequences laid end to end in rows of at most the context length, a block-diagonal
-causal mask, positions restarting at each sequence: no padding). The last two are prototypes in
-this file, not switches of ``preflab.dpo``; they give the same summed log-probs (checked) and
-show what a further switch would buy.
+causal mask, positions restarting at each sequence: no padding). The second is a prototype in
+this file; the third is ``preflab.dpo``'s ``pack_sequences`` switch. All give the same summed
+log-probs (checked).
 """
 
 from __future__ import annotations
@@ -70,49 +70,10 @@ def response_head_logps(model, enc, idx, pad_id):
     return s[: len(idx)], s[len(idx):]
 
 
-def packed_logps(model, enc, idx, pad_id, context: int | None = None):
-    """Prototype: sequences packed end to end (first fit) into rows of at most ``context`` tokens,
-    a block-diagonal causal mask and positions restarting per sequence; the LM head only at
-    response positions. Returns (chosen, rejected) summed log-probs and the packed shape."""
-    context = context or model.config.n_positions
-    seqs = []
-    for b in (enc.chosen, enc.rejected):
-        for i in idx.tolist():
-            n = int(b.attention_mask[i].sum())
-            seqs.append((b.input_ids[i, :n], b.response_mask[i, :n]))
-    rows: list[list[int]] = []
-    used: list[int] = []
-    for k, (s, _) in enumerate(seqs):
-        for j in range(len(rows)):
-            if used[j] + len(s) <= context:
-                rows[j].append(k)
-                used[j] += len(s)
-                break
-        else:
-            rows.append([k])
-            used.append(len(s))
-    R, L = len(rows), max(used)
-    ids = torch.full((R, L), pad_id, dtype=torch.long)
-    pos = torch.zeros((R, L), dtype=torch.long)
-    seg = torch.full((R, L), -1, dtype=torch.long)
-    resp = torch.zeros((R, L), dtype=torch.long)
-    for j, items in enumerate(rows):
-        o = 0
-        for k in items:
-            s, rm = seqs[k]
-            n = len(s)
-            ids[j, o:o + n], pos[j, o:o + n], seg[j, o:o + n], resp[j, o:o + n] = s, torch.arange(n), k, rm
-            o += n
-    causal = torch.tril(torch.ones(L, L, dtype=torch.bool))
-    mask = (causal & (seg[:, :, None] == seg[:, None, :]))[:, None] | torch.eye(L, dtype=torch.bool)
-    hidden = model.base_model(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state
-    s = _head_logps(model, hidden, ids, resp, seg.clamp(min=0), len(seqs))
-    return s[: len(idx)], s[len(idx):], (R, L)
-
-
 def forward_backward_times(model, tok, records, batch_size: int = 32, repeats: int = 5) -> dict:
     """Median seconds of one policy forward + backward on one batch, three ways (alternating)."""
-    from preflab.dpo import _pad_id, encode_pairs, pair_logps
+    from preflab.dpo import _pad_id, encode_pairs, pack_rows, pair_logps
+    from preflab.model import max_context
 
     enc = encode_pairs(tok, records)
     pad = _pad_id(tok)
@@ -121,7 +82,7 @@ def forward_backward_times(model, tok, records, batch_size: int = 32, repeats: i
     ways = {
         "preflab pair_logps": lambda: pair_logps(policy, enc, idx, pad),
         "LM head at response tokens only": lambda: response_head_logps(policy, enc, idx, pad),
-        "packed rows + response-only head": lambda: packed_logps(policy, enc, idx, pad)[:2],
+        "packed rows + response-only head": lambda: pair_logps(policy, enc, idx, pad, pack=True),
     }
     with torch.no_grad():
         ref_c, ref_r = ways["preflab pair_logps"]()
@@ -129,8 +90,10 @@ def forward_backward_times(model, tok, records, batch_size: int = 32, repeats: i
         for name, fn in ways.items():
             c, r = fn()
             diffs[name] = max(float((c - ref_c).abs().max()), float((r - ref_r).abs().max()))
-        _, _, shape = packed_logps(policy, enc, idx, pad)
         ids, attn, _ = _joined(enc, idx, pad)
+        lengths = attn.sum(-1).tolist()
+        rows = pack_rows(lengths, max_context(policy))
+        shape = (len(rows), max(sum(lengths[k] for k in items) for items in rows))
     times = {k: [] for k in ways}
     for _ in range(repeats):
         for name, fn in ways.items():
@@ -176,7 +139,7 @@ def run(quick: bool = False, rounds: int | None = None, pairs: int | None = None
     rows.append(row("speed-ups", "fwd+bwd, 1 batch: preflab pair_logps", f"{t0:.3f} s (rows {fb['padded_utilization']:.0%} real tokens)"))
     rows.append(row("speed-ups", "  prototype: LM head at response tokens", f"{t['LM head at response tokens only']:.3f} s "
                     f"({t0 / t['LM head at response tokens only']:.2f}x)"))
-    rows.append(row("speed-ups", "  prototype: packed rows, no padding", f"{t['packed rows + response-only head']:.3f} s "
+    rows.append(row("speed-ups", "  pack_sequences: packed rows, no padding", f"{t['packed rows + response-only head']:.3f} s "
                     f"({t0 / t['packed rows + response-only head']:.2f}x; {fb['packed_utilization']:.0%} real)"))
     return {"setup": {"pairs": pairs, "epochs": epochs, "steps": steps, "batch_size": batch_size, "rounds": rounds},
             "runs": runs, "median_pairs_per_s": med,

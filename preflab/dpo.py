@@ -210,6 +210,21 @@ def _seq_logps(model, b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     return logp.sum(-1), b.response_mask[:, 1:].sum(-1).to(logp.dtype)
 
 
+def pack_rows(lengths: Sequence[int], context: int) -> list[list[int]]:
+    """First-fit packing: the indices of the sequences that share each row of at most ``context`` tokens."""
+    rows: list[list[int]] = []
+    used: list[int] = []
+    for k, n in enumerate(lengths):
+        j = next((j for j in range(len(rows)) if used[j] + n <= context), None)
+        if j is None:
+            rows.append([k])
+            used.append(n)
+        else:
+            rows[j].append(k)
+            used[j] += n
+    return rows
+
+
 def packed_pair_logps(model, enc: EncodedPairs, idx) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed response log-probs with every sequence of the batch packed end to end.
 
@@ -221,23 +236,13 @@ def packed_pair_logps(model, enc: EncodedPairs, idx) -> tuple[torch.Tensor, torc
     attention mask (transformers >= 5 GPT-2; tested).
     """
     device = next(model.parameters()).device
-    context = max_context(model)
     seqs = []
     for b in (enc.chosen, enc.rejected):
         for i in idx.tolist():
             n = int(b.attention_mask[i].sum())
             seqs.append((b.input_ids[i, :n], b.response_mask[i, :n]))
-    rows: list[list[int]] = []
-    used: list[int] = []
-    for k, (ids_k, _) in enumerate(seqs):  # first fit
-        j = next((j for j in range(len(rows)) if used[j] + len(ids_k) <= context), None)
-        if j is None:
-            rows.append([k])
-            used.append(len(ids_k))
-        else:
-            rows[j].append(k)
-            used[j] += len(ids_k)
-    R, L = len(rows), max(used)
+    rows = pack_rows([len(ids_k) for ids_k, _ in seqs], max_context(model))
+    R, L = len(rows), max(sum(len(seqs[k][0]) for k in items) for items in rows)
     ids = torch.zeros((R, L), dtype=torch.long)
     pos = torch.zeros((R, L), dtype=torch.long)
     seg = torch.full((R, L), -1, dtype=torch.long)  # which sequence owns each slot (-1: empty)
