@@ -17,6 +17,7 @@ TORCH_SPEC ?= torch==2.13.0
 SUBMISSIONS ?= submissions
 OUT ?= build/grades
 PYTEST_ARGS ?=
+LAB_ARGS ?=
 
 .PHONY: install lab course test test-fast grade release bench checkpoints clean
 
@@ -29,8 +30,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[lab,dev]"
 	touch $@
 
+# Serves the whole course (lessons/ and exercises/), opening on lessons/;
+# --allow-root only where the shell runs as root (containers, Colab-like machines).
 lab: install
-	$(VENV)/bin/jupyter lab lessons/
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/lessons \
+		$$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_ARGS)
 
 course: install
 	$(PY) -m preflab.course --out build
