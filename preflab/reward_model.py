@@ -255,14 +255,15 @@ def train_reward_model(rm: RewardModel, tokenizer, records: Sequence[dict], epoc
                        lr: float = 1e-3, seed: int = 0, eval_records: Sequence[dict] | None = None,
                        progress: bool = True, callback: Callable[[int, dict], bool | None] | None = None,
                        margin_key: str | None = None, center_coef: float = 0.0, weight_decay: float = 0.0,
-                       max_grad_norm: float | None = 1.0, warmup_steps: int = 10) -> list[dict]:
+                       max_grad_norm: float | None = 1.0, warmup_steps: int = 10,
+                       eval_every: int | None = None) -> list[dict]:
     """Train ``rm`` in place on prompt/chosen/rejected ``records``; return one dict per step.
 
     Each step scores chosen and rejected in ONE forward pass (the two halves concatenated
     along the batch) and minimizes the mean of :func:`reward_pair_loss`. History keys:
     ``step``, ``epoch``, ``loss``, ``accuracy`` (batch share with r_c > r_r), ``margin``
     (mean r_c - r_r), ``lr``, ``elapsed_s``; with ``eval_records``, ``eval_accuracy`` and
-    ``eval_loss`` after each epoch. ``margin_key`` names a per-record margin column;
+    ``eval_loss`` after each epoch (and every ``eval_every`` steps, if given). ``margin_key`` names a per-record margin column;
     ``callback(step, metrics)`` returning True stops training. Learning rate: linear warm-up
     over ``warmup_steps``, then cosine decay to 10% of ``lr``.
     """
@@ -273,6 +274,8 @@ def train_reward_model(rm: RewardModel, tokenizer, records: Sequence[dict], epoc
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr}")
+    if eval_every is not None and eval_every < 1:
+        raise ValueError(f"eval_every must be >= 1 (or None), got {eval_every}")
     if margin_key is not None and any(margin_key not in r for r in records):
         raise ValueError(f"margin_key {margin_key!r} is missing from some records")
     rng = np.random.default_rng(seed)
@@ -317,7 +320,8 @@ def train_reward_model(rm: RewardModel, tokenizer, records: Sequence[dict], epoc
                 rec = {"step": step, "epoch": step / steps_per_epoch, "loss": loss.item(),
                        "accuracy": float(((d > 0).float() + 0.5 * (d == 0).float()).mean()),
                        "margin": float(d.mean()), "lr": cur, "elapsed_s": time.perf_counter() - t0}
-            if eval_records is not None and k == steps_per_epoch - 1:
+            due = k == steps_per_epoch - 1 or (eval_every is not None and (step + 1) % eval_every == 0)
+            if eval_records is not None and due:
                 erc, err = score_pairs(rm, tokenizer, eval_records)
                 ed = torch.as_tensor(erc - err)
                 rec["eval_accuracy"] = accuracy_from_rewards(erc, err)

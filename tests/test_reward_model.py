@@ -113,6 +113,16 @@ def test_training_learns_easy_pairs_and_history_is_complete(world):
     assert not rm.training
 
 
+def test_eval_every_adds_evaluations_inside_an_epoch(world):
+    rm, tok = load_reward_model("tiny", seed=0, device="cpu")
+    recs = [r for r in world.preference_pairs(40, rng=3) if r["chosen"].strip() and r["rejected"].strip()]
+    hist = train_reward_model(rm, tok, recs[:32], epochs=1, batch_size=4, seed=0, eval_records=recs[32:],
+                              eval_every=3, progress=False)
+    assert [h["step"] for h in hist if "eval_accuracy" in h] == [2, 5, 7]   # every 3 steps, and at the epoch's end
+    with pytest.raises(ValueError, match="eval_every"):
+        train_reward_model(rm, tok, recs, eval_every=0, progress=False)
+
+
 def test_one_forward_pass_per_step(world):
     rm, tok = load_reward_model("tiny", seed=0, device="cpu")
     calls = []
