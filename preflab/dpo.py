@@ -77,6 +77,10 @@ class DPOConfig:
     eps: assumed label-flip rate for cdpo and robust, in [0, 0.5).
     alpha: R-DPO's length coefficient (per response token).
     gamma: SimPO's target margin.
+    sft_weight: weight of an added NLL term on the CHOSEN response, -log pi(y_c|x) / |y_c| (per
+        token), as in RPO (Pang et al. 2024; TRL's ``rpo_alpha``). DPO only fixes the log-ratio
+        margin, so it can lower the chosen response's likelihood as well; this term holds it up.
+        0 (default) is plain DPO.
     average_logps: False (default) sums log-probs over response tokens; True averages them
         per token. SimPO always averages.
     disable_dropout: train with dropout off (as TRL does by default), so the policy's
@@ -89,6 +93,7 @@ class DPOConfig:
     eps: float = 0.1
     alpha: float = 0.0
     gamma: float = 0.5
+    sft_weight: float = 0.0
     average_logps: bool = False
     lr: float = 5e-4
     batch_size: int = 32
@@ -117,6 +122,8 @@ class DPOConfig:
             raise ValueError(f"eps (the assumed label-flip rate) must be in [0, 0.5), got {self.eps}")
         if self.alpha < 0:
             raise ValueError(f"alpha (R-DPO's length coefficient) must be >= 0, got {self.alpha}")
+        if self.sft_weight < 0:
+            raise ValueError(f"sft_weight (the NLL term on chosen responses) must be >= 0, got {self.sft_weight}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         for name in ("batch_size", "epochs", "ref_batch_size"):
@@ -398,6 +405,7 @@ def dpo_losses(config: DPOConfig, pc, pr, rc, rr, chosen_len, rejected_len):
     Averages (log-prob / response tokens) are taken here when the loss uses them. Returns
     (losses, chosen_rewards, rejected_rewards, h) with h the log-ratio margin the loss saw.
     """
+    nll_chosen = -pc / chosen_len        # per-token NLL of the chosen response (for sft_weight)
     if config.uses_average:
         pc, pr = pc / chosen_len, pr / rejected_len
         if rc is not None:
@@ -405,6 +413,8 @@ def dpo_losses(config: DPOConfig, pc, pr, rc, rr, chosen_len, rejected_len):
     lt, beta = config.loss_type, config.beta
     if lt == "simpo":
         losses, cr, rj = simpo_loss(pc, pr, beta, config.gamma)
+        if config.sft_weight:
+            losses = losses + config.sft_weight * nll_chosen
         return losses, cr, rj, (pc - pr).detach()
     h = ((pc - rc) - (pr - rr)).detach()
     if lt == "sigmoid":
@@ -421,7 +431,10 @@ def dpo_losses(config: DPOConfig, pc, pr, rc, rr, chosen_len, rejected_len):
         out = rdpo_loss(pc, pr, rc, rr, beta, config.alpha, chosen_len, rejected_len)
     else:  # pragma: no cover (DPOConfig validates loss_type)
         raise ValueError(lt)
-    return (*out, h)
+    losses, cr, rj = out
+    if config.sft_weight:
+        losses = losses + config.sft_weight * nll_chosen
+    return losses, cr, rj, h
 
 
 def _metrics(losses, cr, rj, h, pc, pr) -> dict:

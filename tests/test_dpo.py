@@ -60,6 +60,21 @@ def test_step0_loss_equals_independent_dpo_loss(model_tok, records):
     assert hist[0]["rewards/margins"] == pytest.approx((cr - rj).mean().item(), abs=1e-5)
 
 
+def test_sft_weight_adds_the_per_token_nll_of_the_chosen_response(model_tok, records):
+    """RPO / TRL's rpo_alpha: loss = DPO loss + w * mean_i(-log pi(y_c|x) / |y_c|), checked by hand."""
+    policy, ref, tok = _fresh(model_tok)
+    recs = records[:6]
+    pc = torch.tensor([_naive_logp(policy, tok, r["prompt"], r["chosen"]) for r in recs])
+    n_tok = torch.tensor([len(tok(" " + r["chosen"].strip(), add_special_tokens=False)["input_ids"]) + 1
+                          for r in recs], dtype=torch.float)            # response tokens + EOS
+    hist = train_dpo(policy, ref, tok, recs, DPOConfig(beta=0.1, batch_size=len(recs), max_steps=1, sft_weight=0.5),
+                     progress=False)
+    # the policy equals the reference at step 0, so the DPO part is exactly log 2
+    assert hist[0]["loss"] == pytest.approx(math.log(2) + 0.5 * (-pc / n_tok).mean().item(), abs=1e-4)
+    with pytest.raises(ValueError, match="sft_weight"):
+        DPOConfig(sft_weight=-1.0)
+
+
 def test_unchanged_policy_starts_at_log2(model_tok, records):
     policy, ref, tok = _fresh(model_tok)
     hist = train_dpo(policy, ref, tok, records[:8], DPOConfig(batch_size=8, max_steps=1), progress=False)
