@@ -80,6 +80,8 @@ class DPOConfig:
     sft_weight: weight of an added NLL term on the CHOSEN response, -log pi(y_c|x) / |y_c| (per
         token), as in RPO (Pang et al. 2024; TRL's ``rpo_alpha``). DPO only fixes the log-ratio
         margin, so it can lower the chosen response's likelihood as well; this term holds it up.
+        Each response's NLL is averaged over its own tokens, then over pairs (TRL averages over
+        all chosen tokens of the batch: the same when responses have equal lengths).
         0 (default) is plain DPO.
     average_logps: False (default) sums log-probs over response tokens; True averages them
         per token. SimPO always averages.
