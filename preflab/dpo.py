@@ -413,13 +413,11 @@ def dpo_losses(config: DPOConfig, pc, pr, rc, rr, chosen_len, rejected_len):
         if rc is not None:
             rc, rr = rc / chosen_len, rr / rejected_len
     lt, beta = config.loss_type, config.beta
+    # h: the margin the loss saw (SimPO has no reference: its margin is of the policy alone)
+    h = (pc - pr).detach() if lt == "simpo" else ((pc - rc) - (pr - rr)).detach()
     if lt == "simpo":
-        losses, cr, rj = simpo_loss(pc, pr, beta, config.gamma)
-        if config.sft_weight:
-            losses = losses + config.sft_weight * nll_chosen
-        return losses, cr, rj, (pc - pr).detach()
-    h = ((pc - rc) - (pr - rr)).detach()
-    if lt == "sigmoid":
+        out = simpo_loss(pc, pr, beta, config.gamma)
+    elif lt == "sigmoid":
         out = dpo_loss(pc, pr, rc, rr, beta)
     elif lt == "ipo":
         out = ipo_loss(pc, pr, rc, rr, config.ipo_tau)
