@@ -57,6 +57,7 @@ from tqdm.auto import tqdm
 from preflab.losses import (cdpo_loss, dpo_loss, hinge_loss, ipo_loss, preference_metrics,
                             rdpo_loss, robust_dpo_loss, simpo_loss)
 from preflab.model import Batch, encode, max_context, token_logprobs
+from preflab.pairs import drop_empty   # re-exported: DPO lessons import it from here
 
 __all__ = ["DPOConfig", "LOSS_TYPES", "train_dpo", "precompute_reference_logps", "implicit_reward",
            "evaluate_pairs", "encode_pairs", "drop_empty", "sample_policy_pairs", "pair_logps", "dpo_losses"]
@@ -167,12 +168,6 @@ def _check_records(records: Sequence[dict], what: str = "records") -> None:
             if not rec[key].strip():
                 raise ValueError(f"{what}[{i}] has an empty {key!r} response: every response needs at least "
                                  f"one token. Drop such records (preflab.dpo.drop_empty(records)) or fill in the response.")
-
-
-def drop_empty(records: Sequence[dict]) -> list[dict]:
-    """The records whose chosen and rejected responses both hold some text (the grammar can
-    write an empty answer, e.g. a how-to with every step dropped; DPO needs a token per side)."""
-    return [r for r in records if r.get("chosen", "").strip() and r.get("rejected", "").strip()]
 
 
 @dataclass

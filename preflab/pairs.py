@@ -41,7 +41,7 @@ import numpy as np
 
 __all__ = [
     "PAIR_FIELDS", "PROVENANCE_FIELDS", "REQUIRED_FIELDS", "PairValidationError",
-    "make_record", "find_problems", "validate_pairs", "filter_valid", "record_hash", "dataset_hash",
+    "make_record", "find_problems", "validate_pairs", "filter_valid", "drop_empty", "record_hash", "dataset_hash",
     "split_by_prompt", "split_by_row", "check_leakage",
     "save_jsonl", "load_jsonl", "to_trl", "from_trl", "to_dataset", "load_pairs_dataset",
     "relabel", "agreement", "cohens_kappa", "predicted_agreement",
@@ -149,6 +149,13 @@ def filter_valid(records: Sequence[Mapping], *, require_provenance: bool = True)
 
 
 # ----------------------------------------------------------------------------- versions
+def drop_empty(records: Sequence[Mapping]) -> list[Mapping]:
+    """The records whose chosen and rejected responses both hold some text. The world's grammar
+    can write an empty answer (a how-to with every step dropped); a loss on log-probs or a reward
+    model needs at least one response token per side."""
+    return [r for r in records if str(r.get("chosen", "")).strip() and str(r.get("rejected", "")).strip()]
+
+
 def _canonical(obj) -> bytes:
     return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str).encode()
 

@@ -163,8 +163,8 @@ def _check_records(records: Sequence[dict], what: str = "records") -> None:
                              f"World.preference_pairs makes them)")
         for k in ("chosen", "rejected"):
             if not isinstance(rec[k], str) or not rec[k].strip():
-                raise ValueError(f"{what}[{i}] has an empty {k!r} response: drop it first, e.g. "
-                                 f"[r for r in records if r['chosen'].strip() and r['rejected'].strip()]")
+                raise ValueError(f"{what}[{i}] has an empty {k!r} response: drop such records "
+                                 f"first (preflab.pairs.drop_empty(records)) or fill in the response")
 
 
 def _stack(c: Batch, r: Batch, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

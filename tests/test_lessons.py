@@ -20,8 +20,39 @@ if ONLY:
 FAILURE_MODES = [p for p in LESSONS if 8 <= int(p.name[:2]) <= 14]
 
 
+# Run before a lesson's own cells (and removed from the notebook afterwards): every figure drawn,
+# at the moment it is rendered, is checked for axes that show data without naming both axes.
+# Categorical axes count as named when their tick labels are words, a shared axis (twinx, sharex)
+# when one of its siblings is named; axes turned off are skipped.
+AUDIT_CELL = """
+import matplotlib.backend_bases as _bb
+_PREFLAB_UNLABELLED = []
+def _preflab_named(axis, label, siblings):
+    if label.strip() or any(s.get_xlabel().strip() if axis.axis_name == "x" else s.get_ylabel().strip() for s in siblings):
+        return True
+    ticks = [t.get_text() for t in axis.get_ticklabels() if t.get_text().strip() and "$" not in t.get_text()]
+    return bool(ticks) and any(c.isalpha() for t in ticks for c in t.replace("e", "").replace("E", ""))
+def _preflab_audit(self, *args, _print=_bb.FigureCanvasBase.print_figure, **kwargs):
+    for ax in self.figure.axes:
+        shows = ax.lines or ax.collections or ax.patches or ax.images or ax.containers
+        if not ax.axison or ax.get_label() == "<colorbar>" or not shows:
+            continue
+        for name, axis, label, shared in (("x", ax.xaxis, ax.get_xlabel(), ax.get_shared_x_axes()),
+                                          ("y", ax.yaxis, ax.get_ylabel(), ax.get_shared_y_axes())):
+            if not _preflab_named(axis, label, shared.get_siblings(ax)):
+                _PREFLAB_UNLABELLED.append(f"{name}-axis of '{ax.get_title() or self.figure.get_suptitle() or '(untitled)'}'")
+    return _print(self, *args, **kwargs)
+if not getattr(_bb.FigureCanvasBase.print_figure, "_preflab", False):
+    _preflab_audit._preflab = True
+    _bb.FigureCanvasBase.print_figure = _preflab_audit
+"""
+AUDIT_REPORT = "print('FIGURE AUDIT', repr(_PREFLAB_UNLABELLED))"
+
+
 def execute(path: Path, seed: int) -> tuple[nbformat.NotebookNode, float]:
     nb = nbformat.read(path, as_version=4)
+    nb.cells.insert(0, nbformat.v4.new_code_cell(AUDIT_CELL))
+    nb.cells.append(nbformat.v4.new_code_cell(AUDIT_REPORT))
     env_seed = os.environ.get("PREFLAB_SEED")
     os.environ["PREFLAB_SEED"] = str(seed)
     t0 = time.time()
@@ -33,7 +64,26 @@ def execute(path: Path, seed: int) -> tuple[nbformat.NotebookNode, float]:
             os.environ.pop("PREFLAB_SEED", None)
         else:
             os.environ["PREFLAB_SEED"] = env_seed
+    audit = "".join(o.get("text", "") for o in nb.cells[-1].get("outputs", []))
+    nb.cells = nb.cells[1:-1]
+    nb.metadata["figure_audit"] = audit.strip()
     return nb, time.time() - t0
+
+
+def figure_problems(nb) -> list[str]:
+    """Axes without a name (from the audit cell), and figures with no caption in the markdown after them."""
+    audit = nb.metadata.get("figure_audit", "")
+    assert audit.startswith("FIGURE AUDIT"), f"the figure audit did not run: {audit!r}"
+    problems = [f"unlabelled {a}" for a in eval(audit[len("FIGURE AUDIT"):])]
+    for i, cell in enumerate(nb.cells):
+        shows = any("image/png" in o.get("data", {}) for o in cell.get("outputs", []))
+        if cell.cell_type != "code" or not shows:
+            continue
+        after = nb.cells[i + 1] if i + 1 < len(nb.cells) else None
+        first = after.source.strip().split("\n\n")[0] if after is not None and after.cell_type == "markdown" else ""
+        if first.startswith("#") or len(first.split()) < 8:
+            problems.append(f"figure in cell {i} has no caption (a markdown paragraph right after it saying what to see)")
+    return problems
 
 
 def claims_of(nb) -> list[str]:
@@ -49,6 +99,7 @@ def test_lesson_runs_and_its_claim_holds(path):
     print(f"{path.name}: {seconds:.1f} s; " + "; ".join(claims))
     assert claims, f"{path.name} has no check cell (preflab.claims.check) in its output"
     assert all(c.startswith("CLAIM PASS") for c in claims), claims
+    assert not figure_problems(nb), figure_problems(nb)
 
 
 @pytest.mark.slow

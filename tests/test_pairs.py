@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from preflab.pairs import (REQUIRED_FIELDS, PairValidationError, agreement, check_leakage, cohens_kappa,
+from preflab.pairs import (REQUIRED_FIELDS, PairValidationError, agreement, check_leakage, cohens_kappa, drop_empty,
                            dataset_hash, filter_valid, find_problems, from_trl, load_jsonl, load_pairs_dataset,
                            make_record, predicted_agreement, relabel, save_jsonl, split_by_prompt, split_by_row,
                            to_dataset, to_trl, validate_pairs)
@@ -73,6 +73,14 @@ def test_filter_valid_keeps_first_copy(records):
     data = list(records[:5]) + [dict(records[2]), {**records[3], "rejected": ""}]
     kept, probs = filter_valid(data)
     assert kept == list(records[:5]) and [i for i, _ in probs] == [5, 6]
+
+
+def test_drop_empty_keeps_pairs_with_text_on_both_sides():
+    rows = [dict(prompt="p", chosen="a.", rejected="b."), dict(prompt="p", chosen="  ", rejected="b."),
+            dict(prompt="p", chosen="a.", rejected=""), dict(prompt="p", chosen="c.", rejected="d.")]
+    assert drop_empty(rows) == [rows[0], rows[3]]
+    import preflab.dpo
+    assert preflab.dpo.drop_empty is drop_empty
 
 
 def test_split_by_prompt_never_leaks(records):

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from preflab.model import encode
+from preflab.pairs import drop_empty
 from preflab.reward_model import (RewardModel, load_reward_model, pairwise_accuracy, pool_index, reliability,
                                   reward_pair_loss, rewardbench_subsets, score, score_pairs, train_reward_model)
 from preflab.world import make_world
@@ -115,7 +116,7 @@ def test_training_learns_easy_pairs_and_history_is_complete(world):
 
 def test_eval_every_adds_evaluations_inside_an_epoch(world):
     rm, tok = load_reward_model("tiny", seed=0, device="cpu")
-    recs = [r for r in world.preference_pairs(40, rng=3) if r["chosen"].strip() and r["rejected"].strip()]
+    recs = drop_empty(world.preference_pairs(40, rng=3))
     hist = train_reward_model(rm, tok, recs[:32], epochs=1, batch_size=4, seed=0, eval_records=recs[32:],
                               eval_every=3, progress=False)
     assert [h["step"] for h in hist if "eval_accuracy" in h] == [2, 5, 7]   # every 3 steps, and at the epoch's end
@@ -127,8 +128,7 @@ def test_one_forward_pass_per_step(world):
     rm, tok = load_reward_model("tiny", seed=0, device="cpu")
     calls = []
     h = rm.backbone.register_forward_hook(lambda m, i, o: calls.append(1))
-    recs = world.preference_pairs(8, rng=0)
-    recs = [r for r in recs if r["chosen"].strip() and r["rejected"].strip()]
+    recs = drop_empty(world.preference_pairs(8, rng=0))
     train_reward_model(rm, tok, recs, epochs=1, batch_size=len(recs), progress=False)
     h.remove()
     assert len(calls) == 1
