@@ -357,8 +357,9 @@ def implicit_reward(policy, reference, tokenizer, prompts: Sequence[str], respon
 @torch.no_grad()
 def sample_policy_pairs(policy, tokenizer, world, prompts: Sequence[str], labeler=None, seed: int = 0,
                         decoding=None, batch_size: int = 64) -> list[dict]:
-    """On-policy preference pairs, as in the DPO paper's experiments: two samples per prompt from
-    ``policy`` (usually the SFT model), labelled by a simulated ``labeler`` (default: the world's).
+    """On-policy preference pairs, as in the DPO paper's controlled-sentiment (IMDb) experiment: two
+    samples per prompt from ``policy`` (usually the SFT model), labelled by a simulated ``labeler``
+    (default: the world's).
 
     Returns records in the prompt/chosen/rejected format with the same provenance fields as
     ``World.preference_pairs``. Pairs with an empty side or two identical sides are dropped

@@ -276,7 +276,8 @@ def kl_estimates(logp, logp_ref):
 
         k1 = -r                      unbiased; can be negative for a single sample
         k2 = r**2 / 2                always >= 0; biased (low bias when pi is close to pi_ref)
-        k3 = (exp(r) - 1) - r        unbiased and always >= 0 (since exp(r) >= 1 + r)
+        k3 = (exp(r) - 1) - r        always >= 0 (since exp(r) >= 1 + r); unbiased only where pi
+                                     covers pi_ref's support (E[exp(r) - 1] = pi_ref(supp pi) - 1)
 
     Average them over samples to estimate the KL. logp and logp_ref are log-probabilities of the
     same samples under pi and pi_ref (same shape; numpy or torch). Returns (k1, k2, k3), each of

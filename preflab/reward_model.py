@@ -18,8 +18,11 @@ That index comes from the attention mask, which works for right and left padding
 
     last[b] = max{ t : attention_mask[b, t] = 1 }
 
-Reading it anywhere else (the first token, a fixed column) gives a reward that cannot see the
-response, and pairwise accuracy falls to 50%.
+Reading it at the first token gives a reward that cannot see the response: every response to a
+prompt gets the same reward, and pairwise accuracy is 50% (ties count half). A fixed final column
+reads, in every row shorter than the batch's longest, a pad position the head never saw during
+training; what that costs depends on the attention masking and the position ids (lesson 04
+measures it).
 
     from preflab.reward_model import load_reward_model, train_reward_model, pairwise_accuracy
     rm, tok = load_reward_model()
