@@ -14,9 +14,11 @@ them usable over time:
 
        w_r = log(a_r / (1 - a_r)),   decide "first" iff  sum_r w_r * (2 * label_r - 1) > 0,
 
-   which is the most likely label when reviewers err independently with accuracy a_r
-   (a reviewer at chance gets weight 0). Items the weighted vote leaves split go to an
-   adjudicator.
+   which is the most likely label when reviewers err independently with accuracy a_r and,
+   before any vote, either side is equally likely to be better; otherwise the exact rule adds
+   the prior log-odds log(pi / (1 - pi)) to the sum, with pi the prior probability that the
+   first side is better (:func:`weighted_vote` uses the plain sum). A reviewer at chance gets
+   weight 0. Items the weighted vote leaves split go to an adjudicator.
 3. **Admit feedback with provenance and consent.** A feedback event enters the next data
    version only if the user consented and the event says which policy and rubric produced it;
    everything else is rejected with a reason (:func:`ingest_feedback`).

@@ -27,8 +27,10 @@ By default the judge is deterministic (like an LLM judge decoding at temperature
 P(second) = sigma(-z - m) and P(tie) is the rest.
 
 Swap-and-tie aggregation (MT-Bench's conservative rule): judge both orders, keep the verdict
-when the two agree, and call it a tie when they do not. It cancels position bias exactly for
-a deterministic judge; it does nothing against verbosity bias, which both orders share.
+when the two agree, and call it a tie when they do not. For a deterministic judge it makes the
+verdict independent of the order, at the price of widening the tie band from m to
+m + |position_bias| (with d = (s(x, a) - s(x, b)) / temperature, "a" needs d > m + |position_bias|);
+it does nothing against verbosity bias, which both orders share.
 """
 
 from __future__ import annotations
