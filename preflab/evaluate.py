@@ -61,8 +61,7 @@ def summarize(world: World, prompts: Sequence[str], responses: Sequence[str], go
         return float(values[mask].mean()) if mask.any() else float("nan")
 
     arith = kinds == "arith"
-    arith_ok = np.array([bool(q.answers) and q.answers[0] == world.prompt_info(p).target
-                         for p, q, a in zip(prompts, parsed, arith) if a])
+    arith_ok = np.array([world.is_correct_arith(p, r) for p, r, a in zip(prompts, responses, arith) if a])
     metrics = {
         "gold": float(gold.mean()),
         "gold_se": float(gold.std(ddof=1) / np.sqrt(len(gold))) if len(gold) > 1 else float("nan"),

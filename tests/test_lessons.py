@@ -4,6 +4,7 @@ The failure-mode lessons (08-14) are also run on two more seeds, in tests marked
 Set PREFLAB_LESSONS="03 07" to run a subset.
 """
 
+import json
 import os
 import time
 from pathlib import Path
@@ -11,6 +12,8 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbclient import NotebookClient
+
+from preflab.course import _figures
 
 ROOT = Path(__file__).resolve().parent.parent
 LESSONS = sorted((ROOT / "lessons").glob("[0-9][0-9]_*.ipynb"))
@@ -46,7 +49,7 @@ if not getattr(_bb.FigureCanvasBase.print_figure, "_preflab", False):
     _preflab_audit._preflab = True
     _bb.FigureCanvasBase.print_figure = _preflab_audit
 """
-AUDIT_REPORT = "print('FIGURE AUDIT', repr(_PREFLAB_UNLABELLED))"
+AUDIT_REPORT = "import json as _json; print('FIGURE AUDIT', _json.dumps(_PREFLAB_UNLABELLED))"
 
 
 def execute(path: Path, seed: int) -> tuple[nbformat.NotebookNode, float]:
@@ -71,18 +74,13 @@ def execute(path: Path, seed: int) -> tuple[nbformat.NotebookNode, float]:
 
 
 def figure_problems(nb) -> list[str]:
-    """Axes without a name (from the audit cell), and figures with no caption in the markdown after them."""
+    """Axes without a name (from the audit cell), and figures with no caption: the caption is what
+    `make course` prints under each figure (preflab.course), the first paragraph of the markdown after it."""
     audit = nb.metadata.get("figure_audit", "")
     assert audit.startswith("FIGURE AUDIT"), f"the figure audit did not run: {audit!r}"
-    problems = [f"unlabelled {a}" for a in eval(audit[len("FIGURE AUDIT"):])]
-    for i, cell in enumerate(nb.cells):
-        shows = any("image/png" in o.get("data", {}) for o in cell.get("outputs", []))
-        if cell.cell_type != "code" or not shows:
-            continue
-        after = nb.cells[i + 1] if i + 1 < len(nb.cells) else None
-        first = after.source.strip().split("\n\n")[0] if after is not None and after.cell_type == "markdown" else ""
-        if first.startswith("#") or len(first.split()) < 8:
-            problems.append(f"figure in cell {i} has no caption (a markdown paragraph right after it saying what to see)")
+    problems = [f"unlabelled {a}" for a in json.loads(audit[len("FIGURE AUDIT"):])]
+    problems += [f"figure {k} has no caption (a markdown paragraph right after it saying what to see)"
+                 for k, (_, caption) in enumerate(_figures(nb), start=1) if len(caption.split()) < 8]
     return problems
 
 
