@@ -168,9 +168,21 @@ def test_generate_is_seeded_and_batched_like_single(policy, world):
     b = generate(model, tok, prompts, DecodingConfig(max_new_tokens=24), seed=7)
     assert a == b
     greedy = DecodingConfig(max_new_tokens=24, do_sample=False)
-    batched = generate(model, tok, prompts, greedy)
-    single = [generate(model, tok, [p], greedy)[0] for p in prompts]
-    assert batched == single
+    batched, bids = generate(model, tok, prompts, greedy, return_ids=True)
+    for i, p in enumerate(prompts):
+        single, sids = generate(model, tok, [p], greedy, return_ids=True)
+        if single[0] == batched[i]:
+            continue
+        # Left padding changes the float reductions, so greedy decoding may part ways only
+        # where two tokens are tied to float noise: find the first differing token and
+        # check that its logit gap is that small.
+        a = bids.input_ids[i][bids.attention_mask[i].bool()].tolist()
+        b = sids.input_ids[0][sids.attention_mask[0].bool()].tolist()
+        k = next(j for j in range(min(len(a), len(b))) if a[j] != b[j])
+        with torch.no_grad():
+            logits = model(torch.tensor([b[:k]])).logits[0, -1]
+        gap = abs(float(logits[a[k]] - logits[b[k]]))
+        assert gap < 1e-3, (p, batched[i], single[0], gap)
 
 
 def test_generate_return_ids_scores_what_was_sampled(policy, world):
