@@ -1,30 +1,41 @@
-"""In-kernel checks for the exercises: they work on Colab too, where nbgrader is absent.
+"""The checks in the exercises' test cells: one set of functions for two places.
 
-Every exercise imports this module in a locked cell that runs before any student code. At
-import time it keeps private references to what it needs (``math``, ``random``, numpy's
-``ndarray.tolist``), so a later ``np.isclose = lambda *a, **k: True`` or
-``torch.allclose = ...`` in a student cell changes nothing here: every comparison is done
-in plain Python on plain floats, against expected values computed with ``math`` from
-constants stored in the test cell.
+In a student's kernel (JupyterLab, Colab, nbgrader's Validate button) every check prints
+``[PASS]``/``[FAIL]`` and a failed check raises :class:`CheckFailed`, so the cell stops there.
+When the notebook is graded, the test cells do not run in the student's kernel at all: the
+grader runs them in its own process (``autograder.checker``) with this same module in grader
+mode, where a check records its result and the cell goes on, and every name the student
+defined is a proxy that calls the student's function in the sandboxed kernel with plain data
+(:mod:`preflab.wire`). Expected values, hidden tests and this module's grader-side state never
+enter the student's interpreter.
 
-Threat model, stated plainly: this stops the easy ways of fooling a check (patching
-numpy's or torch's comparison helpers, or the library function an exercise is compared
-with). Code running in the same interpreter can always do worse; that is why the graded
-run happens in a sandbox and the hidden tests live only in the instructor's copy.
+Each check carries ``points``: the share of its test cell's points it is worth (the test cell's
+visible checks show theirs; a comment in the cell says what its hidden checks are worth).
+A cell's score is the sum of the points of the checks that passed.
+
+In the kernel, the module keeps private references to what it compares with (``math``, numpy's
+``ndarray.tolist``, torch's C-level ``tolist``), taken at import time, before student code runs,
+so patching numpy or torch helpers does not fool a self-check. That protects the student's own
+feedback only; grades come from the grader's side.
 
 Use::
 
     from preflab import selfcheck as sc
-    sc.close(my_fn(1.0), 0.3133, name="loss at margin 1")
-    sc.raises(ValueError, my_fn, [], name="empty input")
+    sc.close(my_fn(1.0), 0.3133, name="loss at margin 1", points=1)
+    sc.raises(ValueError, my_fn, [], name="empty input", points=0.5)
+    value, grads = sc.grad(my_loss, pc, pr, wrt=(0, 1))     # autograd, here or across the boundary
+    sc.unchanged(my_fn, arr, name="does not modify its input", points=0.5)
     sc.summary()      # the last cell of every exercise
 """
 
 from __future__ import annotations
 
+import copy as _copy
 import math as _math
 import random as _random
 import sys as _sys
+
+from preflab import wire as _wire
 
 # Private references captured at import time (before any student cell runs).
 _isfinite = _math.isfinite
@@ -75,6 +86,7 @@ def _tensor_tolist(x):
 
 def to_floats(x) -> list:
     """Plain nested Python floats (or bools/ints) from a number, list, numpy array or tensor."""
+    x = _value(x)
     if _ndarray is not None and _isinstance(x, _ndarray):
         return _ndarray_tolist(x)
     t = _tensor_tolist(x)
@@ -123,25 +135,67 @@ def _is_close(a, b, rtol, atol) -> bool:
     return d <= atol + rtol * mb
 
 
-def _record(name: str, ok: bool, msg: str) -> None:
+class _Grader:
+    """Where checks go in grader mode (set by ``autograder.checker``): a list of results."""
+
+    def __init__(self):
+        self.results: list[dict] = []
+        self.hidden = False
+
+    def add(self, name: str, ok: bool, msg: str, points, expected: str | None = None) -> None:
+        self.results.append(dict(name=str(name), ok=bool(ok), message=str(msg)[:500],
+                                 expected=None if expected is None else str(expected)[:300],
+                                 points=_float(points) if points is not None else None, hidden=self.hidden))
+
+
+#: None in a student's kernel; a :class:`_Grader` in the grader's process.
+GRADER: _Grader | None = None
+
+
+def grader_mode() -> _Grader:
+    """Switch this process to grader mode (checks record and never raise); returns the recorder."""
+    global GRADER
+    GRADER = _Grader()
+    return GRADER
+
+
+def _pts(points) -> str:
+    if points is None:
+        return ""
+    p = _float(points)
+    return f" ({p:g} point{'' if p == 1 else 's'})"
+
+
+def _record(name: str, ok: bool, msg: str, points=None, expected: str | None = None) -> bool:
+    if GRADER is not None:
+        GRADER.add(name, ok, msg, points, expected)
+        return ok
+    if expected is not None and not ok:
+        msg = f"expected {expected}, {msg}"
     _results.append((name, ok, msg))
     mark = "PASS" if ok else "FAIL"
-    _print(f"[{mark}] {name}" + ("" if ok else f": {msg}"))
+    _print(f"[{mark}] {name}{_pts(points)}" + ("" if ok else f": {msg}"))
     if not ok:
         raise CheckFailed(f"{name}: {msg}")
+    return ok
 
 
-def close(actual, expected, *, rtol: float = 1e-6, atol: float = 1e-8, name: str = "value") -> None:
-    """Pass when ``actual`` matches ``expected`` elementwise (same shape, no NaN)."""
+def _value(x):
+    """A proxy for a student's variable (grader mode) is fetched; anything else is itself."""
+    get = getattr(type(x), "__preflab_value__", None)
+    return get(x) if get is not None else x
+
+
+def close(actual, expected, *, rtol: float = 1e-6, atol: float = 1e-8, name: str = "value", points=None) -> bool:
+    """Pass when ``actual`` matches ``expected`` elementwise (same shape, no NaN):
+    |a - e| <= atol + rtol * |e|."""
     try:
-        a = to_floats(actual)
+        a = to_floats(_value(actual))
     except Exception as e:  # noqa: BLE001
-        _record(name, False, f"could not read the result as numbers ({type(e).__name__})")
-        return
+        return _record(name, False, f"could not read the result as numbers ({type(e).__name__})", points)
     b = to_floats(expected)
     if _shape(a) != _shape(b):
-        _record(name, False, f"expected shape {_shape(b)}, got {_shape(a)}")
-        return
+        return _record(name, False, f"expected shape {_shape(b)}, got {_shape(a)}", points)
     fa, fb = _flatten(a, []), _flatten(b, [])
     for i, (x, y) in enumerate(zip(fa, fb)):
         try:
@@ -150,58 +204,151 @@ def close(actual, expected, *, rtol: float = 1e-6, atol: float = 1e-8, name: str
             ok = False
         if not ok:
             where = f" at position {i}" if _len(fa) > 1 else ""
-            _record(name, False, f"expected {y!r}, got {x!r}{where}")
-            return
-    _record(name, True, "")
+            return _record(name, False, f"got {x!r}{where}", points, expected=f"{y!r}")
+    return _record(name, True, "", points)
 
 
-def equal(actual, expected, *, name: str = "value") -> None:
-    """Pass when ``actual`` equals ``expected`` exactly (after conversion to Python values)."""
+def equal(actual, expected, *, name: str = "value", points=None) -> bool:
+    """Pass when ``actual`` equals ``expected`` exactly (after conversion to Python values): for
+    booleans, integers, strings and values exact by construction."""
     try:
-        a = to_floats(actual)
+        a = to_floats(_value(actual))
     except Exception as e:  # noqa: BLE001
-        _record(name, False, f"could not read the result ({type(e).__name__})")
-        return
+        return _record(name, False, f"could not read the result ({type(e).__name__})", points)
     b = to_floats(expected)
-    _record(name, a == b, "" if a == b else f"expected {b!r}, got {a!r}")
+    if a == b:
+        return _record(name, True, "", points)
+    fa, fb = (_flatten(a, []), _flatten(b, [])) if _isinstance(a, list) and _isinstance(b, list) else ([a], [b])
+    if _len(fa) == _len(fb) and _len(fa) > 1:
+        i = next(k for k, (x, y) in enumerate(zip(fa, fb)) if x != y)
+        return _record(name, False, f"got {fa[i]!r} at position {i}", points, expected=f"{fb[i]!r}")
+    return _record(name, False, f"got {a!r}", points, expected=f"{b!r}")
 
 
-def true(condition, *, name: str, msg: str = "condition is false") -> None:
+def true(condition, *, name: str, msg: str = "condition is false", points=None) -> bool:
     """Pass when ``condition`` is the Python value True (a one-element array counts too)."""
     try:
-        v = to_floats(condition)
+        v = to_floats(_value(condition))
         v = _flatten(v, []) if _isinstance(v, list) else [v]
         ok = _len(v) == 1 and v[0] is not None and bool(v[0]) and v[0] == v[0]
     except Exception:  # noqa: BLE001
         ok = False
-    _record(name, ok, "" if ok else msg)
+    return _record(name, ok, "" if ok else msg, points)
 
 
-def finite(actual, *, name: str = "finite values") -> None:
+def finite(actual, *, name: str = "finite values", points=None) -> bool:
     """Pass when every element is a finite number (no NaN, no infinity)."""
     try:
+        actual = _value(actual)
         vals = _flatten(to_floats(actual), []) if not _isinstance(actual, (int, _float)) else [actual]
         bad = [v for v in vals if not _isfinite(_float(v))]
     except Exception as e:  # noqa: BLE001
-        _record(name, False, f"could not read the result ({type(e).__name__})")
-        return
-    _record(name, not bad, "" if not bad else f"found non-finite values {bad[:3]!r}")
+        return _record(name, False, f"could not read the result ({type(e).__name__})", points)
+    return _record(name, not bad, "" if not bad else f"found non-finite values {bad[:3]!r}", points)
 
 
-def raises(exc_type, fn, *args, name: str = "raises", **kwargs) -> None:
+def raises(exc_type, fn, *args, name: str = "raises", points=None, **kwargs) -> bool:
     """Pass when ``fn(*args, **kwargs)`` raises ``exc_type`` (a clear error, not a NaN)."""
     try:
         fn(*args, **kwargs)
     except exc_type:
-        _record(name, True, "")
-        return
+        return _record(name, True, "", points)
     except NotImplementedError:
-        _record(name, False, "not implemented yet")
-        return
+        return _record(name, False, "not implemented yet", points)
     except Exception as e:  # noqa: BLE001
-        _record(name, False, f"expected {exc_type.__name__}, got {type(e).__name__}: {e}")
-        return
-    _record(name, False, f"expected {exc_type.__name__}, nothing was raised")
+        return _record(name, False, f"expected {exc_type.__name__}, got {type(e).__name__}: {e}", points)
+    return _record(name, False, f"expected {exc_type.__name__}, nothing was raised", points)
+
+
+_KINDS = {"float": (_float,), "int": (int,), "bool": (bool,), "str": (str,), "list": (list,), "tuple": (tuple,),
+          "dict": (dict,)}
+
+
+def kind(value, expected: str, *, name: str = "type of the result", points=None) -> bool:
+    """Pass when ``value`` is of the named kind: "ndarray", "tensor", "float" (a Python or numpy
+    float), "int", "bool", "str", "list", "tuple" or "dict"."""
+    value = _value(value)
+    if expected == "ndarray":
+        ok = _ndarray is not None and _isinstance(value, _ndarray)
+    elif expected == "tensor":
+        torch = _sys.modules.get("torch")
+        ok = torch is not None and _isinstance(value, torch.Tensor)
+    elif expected == "float":
+        ok = _isinstance(value, _float) or (_ndarray is not None and type(value).__module__ == "numpy"
+                                            and getattr(value, "shape", None) == () and "float" in type(value).__name__)
+    elif expected == "int":
+        ok = _isinstance(value, int) and not _isinstance(value, bool)
+    elif expected in _KINDS:
+        ok = _isinstance(value, _KINDS[expected])
+    else:
+        raise ValueError(f"unknown kind {expected!r}")
+    return _record(name, ok, "" if ok else f"got a {type(value).__name__}", points, expected=expected)
+
+
+# ----------------------------------------------------------------------------- calls
+class CallFailed(Exception):
+    """A call made by :func:`run` or :func:`grad` raised; ``.error`` says what."""
+
+
+def _remote(fn):
+    return getattr(type(fn), "__preflab_remote__", None)
+
+
+def run(fn, *args, grad_wrt=(), return_inputs: bool = False, **kwargs) -> dict:
+    """Call ``fn`` and return what happened as :func:`preflab.wire.call_local` describes it
+    (``ok``, ``value``, ``grads``, ``inputs``, ``warnings``, ``error``). In grader mode a
+    student's function is called across the process boundary, with the same result."""
+    call = _remote(fn)
+    if call is not None:
+        return call(fn, list(args), dict(kwargs), tuple(grad_wrt), bool(return_inputs))
+    return _wire.call_local(fn, list(args), dict(kwargs), grad_wrt=tuple(grad_wrt), return_inputs=return_inputs)
+
+
+def _raise_from(res: dict):
+    err = res.get("error") or {}
+    import builtins
+
+    base = getattr(builtins, str(err.get("base", "Exception")), Exception)
+    if not (_isinstance(base, type) and issubclass(base, Exception)):
+        base = Exception
+    cls = type(str(err.get("type", "Error")), (base,), {})
+    raise cls(str(err.get("message", "")))
+
+
+def grad(fn, *args, wrt=(0,), **kwargs):
+    """``(value, grads)``: the result of ``fn(*args, **kwargs)`` and, by autograd, the gradients of
+    its sum with respect to the positional arguments numbered in ``wrt`` (floating-point tensors).
+    Raises what ``fn`` raised."""
+    res = run(fn, *args, grad_wrt=tuple(wrt), **kwargs)
+    if not res.get("ok"):
+        _raise_from(res)
+    return res["value"], res["grads"]
+
+
+def _same(a, b) -> bool:
+    if _isinstance(a, list) and _isinstance(b, list):
+        return _len(a) == _len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if _isinstance(a, dict) and _isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if _isinstance(a, _float) and _isinstance(b, _float) and _isnan(a) and _isnan(b):
+        return True
+    return a == b
+
+
+def unchanged(fn, *args, name: str = "does not modify its inputs", points=None, **kwargs) -> bool:
+    """Pass when ``fn(*args, **kwargs)`` runs without error and leaves its positional arguments
+    (arrays, tensors, lists) exactly as they were (the comparison is exact by construction: the
+    same numbers, copied)."""
+    before = [to_floats(_copy.deepcopy(a)) for a in args]
+    res = run(fn, *args, return_inputs=True, **kwargs)
+    if not res.get("ok"):
+        err = res.get("error") or {}
+        return _record(name, False, f"raised {err.get('type')}: {err.get('message', '')}"[:300], points)
+    after = [to_floats(a) for a in res["inputs"]]
+    for i, (x, y) in enumerate(zip(before, after)):
+        if not _same(x, y):
+            return _record(name, False, f"argument {i} was changed by the call (work on a copy)", points)
+    return _record(name, True, "", points)
 
 
 def rng(seed: int):
@@ -233,6 +380,8 @@ def in_colab() -> bool:
 
 def summary() -> bool:
     """Print how many checks ran in this kernel and what to do next; True when all passed."""
+    if GRADER is not None:
+        return True
     passed = sum(1 for _, ok, _ in _results if ok)
     failed = [n for n, ok, _ in _results if not ok]
     _print(f"Self-check: {passed} passed, {_len(failed)} failed.")
