@@ -3,7 +3,9 @@
 #   make test      every test (units, lessons, exercises, autograder, browser)
 #   make test-fast the quick loop: library units only
 #   make course    execute every lesson headless into build/ (notebooks, HTML, figures, runtimes)
-#   make grade SUBMISSIONS=dir OUT=dir   autograde a folder of student submissions
+#   make grade SUBMISSIONS=dir OUT=dir   autograde a folder of student submissions (in a sandbox)
+#   make formgrader OUT=dir              grade written answers by hand in nbgrader's formgrader
+#   make export OUT=dir                  grades.csv again, with the manual grades merged
 #   make release   regenerate exercises/ from solutions/ with nbgrader
 #   make bench     benchmarks, table printed and written to build/bench.json
 #   make checkpoints  rebuild the tokenizer and tiny GPT-2 checkpoints in data/
@@ -16,10 +18,14 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 SUBMISSIONS ?= submissions
 OUT ?= build/grades
+# UNSAFE=1 grades without a sandbox where bubblewrap cannot run; ROSTER=file.csv limits ids to a roster.
+UNSAFE ?=
+ROSTER ?=
+GRADE_ARGS ?=
 PYTEST_ARGS ?=
 LAB_ARGS ?=
 
-.PHONY: install lab course test test-fast grade release bench checkpoints clean
+.PHONY: install lab course test test-fast grade formgrader export release bench checkpoints clean
 
 install: $(VENV)/.installed
 
@@ -48,7 +54,16 @@ test-fast: install
 	$(PY) -m pytest -m "not slow and not lesson and not browser" -q $(PYTEST_ARGS)
 
 grade: install
-	$(PY) -m autograder.grade "$(SUBMISSIONS)" --out "$(OUT)"
+	$(PY) -m autograder.grade "$(SUBMISSIONS)" --out "$(OUT)" $(if $(UNSAFE),--unsafe) $(if $(ROSTER),--roster "$(ROSTER)") $(GRADE_ARGS)
+
+# nbgrader's formgrader on OUT's course gradebook (written answers, score overrides); then `make export`.
+formgrader: install
+	@test -f "$(OUT)/course/nbgrader_config.py" || { echo "no graded course in $(OUT): run make grade first"; exit 2; }
+	cd "$(OUT)/course" && "$(abspath $(VENV))/bin/jupyter" lab --ServerApp.root_dir=. --LabApp.default_url=/formgrader \
+		$$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_ARGS)
+
+export: install
+	$(PY) -m autograder.grade --export --out "$(OUT)"
 
 release: install
 	$(PY) -m autograder.release

@@ -153,8 +153,8 @@ def _flat_student(name: str, roster: dict[str, str] | None) -> tuple[str, str] |
     if "_" not in name:
         return None
     raw, rest = name.split("_", 1)
-    if not EXNUM_RE.search(rest) and not rest.lower().endswith((".ipynb", ".zip")):
-        return None
+    if EXNUM_RE.fullmatch(raw) or not rest.lower().endswith((".ipynb", ".zip", ".json")):
+        return None  # "ex01_preferences….ipynb" is an exercise's own name, not "<student>_<file>"
     return raw, rest
 
 
@@ -241,7 +241,10 @@ def _walk(out: Collected, base: Path, origin: str, roster, tmp: Path, depth: int
     files = [p for p in entries if not _is_dir(p)]
     if depth < 2 and len(dirs) == 1 and not files:
         inner = _entries(dirs[0], out.warnings, origin)
-        if any(_is_dir(p) for p in inner) or any(_flat_student(p.name, roster) for p in inner if not _is_dir(p)):
+        # a lone folder wraps an export when it holds student folders or flat LMS files (a lone
+        # student's folder holds notebooks, or folders named after exercises)
+        if any(_is_dir(p) and not EXNUM_RE.match(p.name) for p in inner) or \
+                any(_flat_student(p.name, roster) for p in inner if not _is_dir(p)):
             _walk(out, dirs[0], origin, roster, tmp, depth + 1, archives)
             return
     for d in dirs:

@@ -129,6 +129,7 @@ class GradedExecute(Execute):
         self.watchdog = None
         self.dead = ""
         self._out_bytes: dict[int, int] = {}
+        self._kernel_lock = asyncio.Lock()
 
     # ---------------------------------------------------------------- kernel and checker
     def create_kernel_manager(self):
@@ -186,6 +187,10 @@ class GradedExecute(Execute):
     # ---------------------------------------------------------------- one call into the kernel
     async def kernel_call(self, path: str, timeout: float) -> dict:
         """Run ``preflab.wire.serve`` on one request in the kernel; the reply frame for the checker."""
+        async with self._kernel_lock:
+            return await self._kernel_call(path, timeout)
+
+    async def _kernel_call(self, path: str, timeout: float) -> dict:
         if self.dead:
             return {"op": "result", "failure": f"not run: {self.dead}"}
         nonce = secrets.token_hex(8)
@@ -272,8 +277,11 @@ class GradedExecute(Execute):
         if self.dead:
             cell.outputs = [_stream(f"[not run: {self.dead}]\n")]
             return cell
+        # A locked cell that is not a test (imports, a model load) runs on both sides, at once.
+        setup = asyncio.ensure_future(self.run_checker(src, "setup")) if src is not None and src.locked else None
         try:
-            cell = await super().async_execute_cell(cell, cell_index, execution_count, store_history)
+            async with self._kernel_lock:
+                cell = await super().async_execute_cell(cell, cell_index, execution_count, store_history)
         except DeadKernelError:
             self._mark_dead(f"the kernel died in {gid or f'cell {cell_index}'} (os._exit, a crash, or a limit)",
                             gid or f"cell {cell_index}")
@@ -288,8 +296,8 @@ class GradedExecute(Execute):
             if self.watchdog is not None and self.watchdog.reason:
                 self._mark_dead(self.watchdog.reason, gid or f"cell {cell_index}")
         self._limit_output(cell)
-        if src is not None and src.locked and not self.dead:
-            report = await self.run_checker(src, "setup")
+        if setup is not None:
+            report = await setup
             if report.get("errors"):
                 self.log.warning("locked cell %s failed in the checker: %s", gid, report["errors"][0]["message"])
         return cell

@@ -262,6 +262,8 @@ def _parse(argv):
     ap.add_argument("--timeout", type=int, default=30, help="seconds per cell and per test call (default 30)")
     ap.add_argument("--notebook-timeout", type=int, default=180, help="seconds per submission (default 180)")
     ap.add_argument("--exercises", default="", help="comma-separated exercise ids or 'all' (default: those seen)")
+    ap.add_argument("--memory-mb", type=int, default=Limits.rss_mb,
+                    help=f"memory one submission may hold, all its processes together (default {Limits.rss_mb} MiB)")
     ap.add_argument("--roster", type=Path, help="CSV with a student_id column (and optional aliases): only these ids")
     ap.add_argument("--unsafe", action="store_true",
                     help="grade WITHOUT a sandbox where bubblewrap cannot run (graded code then has your rights)")
@@ -271,6 +273,24 @@ def _parse(argv):
     if args.submissions is None and not args.export:
         ap.error("give the SUBMISSIONS folder (or --export)")
     return args
+
+
+@dataclass
+class Run:
+    """What every stage of one run reads: the exercises, the release, OUT's gradebook and state."""
+
+    args: argparse.Namespace
+    ids: list[str]
+    template: Path
+    released: dict[str, dict]
+    max_points: dict[str, float]
+    course: Course
+    state: dict
+    roster: dict[str, str] | None
+    tmp: Path
+    rejected: list[dict] = field(default_factory=list)
+    """Rows for files that never reached nbgrader (collect, classify and check say why)."""
+    seen: set[str] = field(default_factory=set)
 
 
 def _open_out(out: Path):
@@ -288,7 +308,7 @@ def _open_out(out: Path):
 def _sandbox(args) -> SandboxSpec | None:
     ok, why = probe()
     if ok:
-        spec = SandboxSpec(enabled=True, readonly=readonly_paths(), limits=Limits())
+        spec = SandboxSpec(enabled=True, readonly=readonly_paths(), limits=Limits(rss_mb=args.memory_mb))
         log.info("sandbox: %s", spec.describe())
         return spec
     if not args.unsafe:
@@ -296,118 +316,139 @@ def _sandbox(args) -> SandboxSpec | None:
                   "solutions and other students' work, and change grades. To fix it, %s. To grade anyway, with "
                   "the graded code running under your own account, pass --unsafe (make grade UNSAFE=1).", why, INSTALL_HELP)
         return None
-    spec = SandboxSpec(enabled=False, readonly=[])
+    spec = SandboxSpec(enabled=False, readonly=[], limits=Limits(rss_mb=args.memory_mb))
     log.warning("WARNING: %s. Kernels run WITHOUT the sandbox (--unsafe): %s", why, spec.describe())
     return spec
 
 
+def _setup(args, tmp: Path) -> Run | None:
+    ids = rel.exercise_ids()
+    tpl, tpl_hash = template(ids)
+    released = {aid: json.loads((tpl / "release" / aid / f"{aid}.ipynb").read_text()) for aid in ids}
+    try:
+        course = Course.open(args.out / "course", tpl, tpl_hash, fresh=args.fresh)
+    except CourseMismatch as e:
+        log.error("%s", e)
+        return None
+    return Run(args=args, ids=ids, template=tpl, released=released,
+               max_points={aid: _max_points(nb) for aid, nb in released.items()}, course=course,
+               state={} if args.fresh else load_state(args.out / "state.json"),
+               roster=read_roster(args.roster) if args.roster else None, tmp=tmp)
+
+
+def check(run: Run, subs: list[Submission], spec: SandboxSpec) -> tuple[list[Job], dict[tuple[str, str], Submission]]:
+    """Stage 3: a job for every submission that is a gradable copy of its release; a row for the rest."""
+    import nbformat
+
+    jobs, by_key = [], {}
+    for s in subs:
+        chk = check_submission(s.raw, s.exercise, run.released[s.exercise])
+        run.seen.add(s.exercise)
+        if not chk["ok"]:
+            run.rejected.append(dict(student=s.student, exercise=s.exercise, file=s.file, status="invalid",
+                                     sha256=hashlib.sha256(s.raw).hexdigest(), reason="; ".join([chk["reason"]] + s.notes)))
+            continue
+        s.notes += chk["notes"]
+        by_key[(s.student, s.exercise)] = s
+        jobs.append(Job(student=s.student, exercise=s.exercise, notebook=nbformat.writes(chk["notebook"]),
+                        template=str(run.template), work_root=str(run.tmp), sandbox=spec,
+                        cell_timeout=run.args.timeout, notebook_timeout=run.args.notebook_timeout,
+                        answered_written=chk["answered_written"], max_score=run.max_points[s.exercise]))
+    return jobs, by_key
+
+
+def merger(run: Run, subs: dict[tuple[str, str], Submission]):
+    """Stage 5, for each result as it comes: keep the best grade, and store a kept one in the gradebook."""
+    def done(job: Job, res: JobResult) -> None:
+        s = subs[(job.student, job.exercise)]
+        new = res.to_dict()
+        autograded, grades, comments = new.pop("autograded"), new.pop("grades"), new.pop("comments")
+        new.update(file=s.file, graded_at=_now(), sha256=hashlib.sha256(s.raw).hexdigest(),
+                   answered_written=job.answered_written)
+        if s.notes:
+            new["reason"] = "; ".join([new.get("reason") or ""] + s.notes).strip("; ")
+        entry, kept_new = keep_best(run.state.get((job.student, job.exercise)), new)
+        entry["last"] = new
+        run.state[(job.student, job.exercise)] = entry
+        if kept_new and autograded and run.course.record(job.student, job.exercise, grades, comments, job.notebook,
+                                                         autograded):
+            new["reason"] += "; the written answer changed since it was graded by hand: review it in formgrader"
+        log.info("%-20s %-40s %-12s %6s  %.1fs", job.student, job.exercise, res.status, fmt(res.score), res.seconds)
+    return done
+
+
+def record_rejected(run: Run) -> None:
+    """Stage 5 for files that never reached nbgrader: a row, and never the loss of a kept grade."""
+    for r in run.rejected:
+        if r["exercise"] in run.ids:
+            new = dict(status=r.get("status", "invalid"), score=None, max_score=run.max_points[r["exercise"]],
+                       reason=r["reason"], file=r.get("file", ""), graded_at=_now(), sha256=r.get("sha256"))
+            entry, _ = keep_best(run.state.get((r["student"], r["exercise"])), new)
+            entry["last"] = new
+            run.state[(r["student"], r["exercise"])] = entry
+    save_state(run.args.out / "state.json", run.state)
+
+
+def write(run: Run) -> list[Row]:
+    """Stage 6: grades.csv and one feedback page per row."""
+    args = run.args
+    if args.exercises == "all":
+        scope = list(run.ids)
+    elif args.exercises:
+        want = args.exercises.split(",")
+        scope = [i for i in run.ids if i in want or i[:4] in want]
+    else:
+        scope = sorted(run.seen | {a for (_, a) in run.state if a in run.ids})
+    students = sorted({s for (s, _) in run.state} | set((run.roster or {}).values()) |
+                      {r["student"] for r in run.rejected if r["student"] != "(unknown)"})
+    rows = [_row(s, a, run.state.get((s, a)), run.course, run.max_points[a]) for s in students for a in scope]
+    rows += [Row(student_id=r["student"], exercise=r["exercise"], status="invalid", reason=r["reason"],
+                 file=r.get("file", ""), graded_at=_now()) for r in run.rejected if r["exercise"] not in run.ids]
+    for r in rows:
+        write_feedback(args.out / "feedback" / r.student_id / f"{r.exercise.replace('/', '_')[:150]}.html", r)
+    write_csv(args.out / "grades.csv", rows)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    # nbgrader's gradebook warns about its own SQLAlchemy sessions on every submission
+    warnings.filterwarnings("ignore", message=".*not in session.*")
     args = _parse(argv)
     lock = _open_out(args.out)
     t_start = time.time()
-    run_tmp = Path(tempfile.mkdtemp(prefix="pfg-"))
-    os.chmod(run_tmp, 0o700)
+    tmp = Path(tempfile.mkdtemp(prefix="pfg-"))  # short: the kernels' socket paths live below it
     old_term = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         if args.submissions is not None and not args.submissions.is_dir():
             log.error("%s is not a folder", args.submissions)
             return 2
-        ids = rel.exercise_ids()
-        tpl, tpl_hash = template(ids)
-        released = {aid: json.loads((tpl / "release" / aid / f"{aid}.ipynb").read_text()) for aid in ids}
-        max_points = {aid: _max_points(nb) for aid, nb in released.items()}
-        try:
-            course = Course.open(args.out / "course", tpl, tpl_hash, fresh=args.fresh)
-        except CourseMismatch as e:
-            log.error("%s", e)
+        run = _setup(args, tmp)
+        if run is None:
             return 2
-        state = {} if args.fresh else load_state(args.out / "state.json")
-        roster = read_roster(args.roster) if args.roster else None
-        extra_rows: list[dict] = []
-        seen: set[str] = set()
         if not args.export:
             spec = _sandbox(args)
             if spec is None:
                 return 2
-            # 1-2. collect and classify
-            (run_tmp / "unzipped").mkdir()
-            found = collect(args.submissions, run_tmp / "unzipped", roster)
+            (tmp / "unzipped").mkdir()
+            found = collect(args.submissions, tmp / "unzipped", run.roster)              # 1. collect
             for w in found.warnings:
                 log.warning(w)
-            subs, extra_rows = classify(found, ids, roster)
-            # 3. check
-            jobs: list[Job] = []
-            subs_by_key: dict[tuple[str, str], Submission] = {}
-            for s in subs:
-                chk = check_submission(s.raw, s.exercise, released[s.exercise])
-                seen.add(s.exercise)
-                if not chk["ok"]:
-                    extra_rows.append(dict(student=s.student, exercise=s.exercise, file=s.file, status="invalid",
-                                           sha256=hashlib.sha256(s.raw).hexdigest(),
-                                           reason="; ".join([chk["reason"]] + s.notes)))
-                    continue
-                import nbformat
-
-                s.notes += chk["notes"]
-                subs_by_key[(s.student, s.exercise)] = s
-                jobs.append(Job(student=s.student, exercise=s.exercise, notebook=nbformat.writes(chk["notebook"]),
-                                template=str(tpl), work_root=str(run_tmp), sandbox=spec, cell_timeout=args.timeout,
-                                notebook_timeout=args.notebook_timeout, answered_written=chk["answered_written"],
-                                max_score=max_points[s.exercise]))
+            subs, run.rejected = classify(found, run.ids, run.roster)                     # 2. classify
+            jobs, by_key = check(run, subs, spec)                                         # 3. check
             log.info("grading %d submissions (%d rejected before grading) with %d worker(s)",
-                     len(jobs), len(extra_rows), max(1, min(args.workers, len(jobs) or 1)))
-
-            # 4-5. grade, and merge each result as it comes
-            def done(job: Job, res: JobResult) -> None:
-                s = subs_by_key[(job.student, job.exercise)]
-                new = res.to_dict()
-                autograded = new.pop("autograded")
-                grades, comments = new.pop("grades"), new.pop("comments")
-                new.update(file=s.file, graded_at=_now(), sha256=hashlib.sha256(s.raw).hexdigest(),
-                           answered_written=job.answered_written)
-                if s.notes:
-                    new["reason"] = "; ".join([new.get("reason") or ""] + s.notes).strip("; ")
-                entry, kept_new = keep_best(state.get((job.student, job.exercise)), new)
-                entry["last"] = new
-                state[(job.student, job.exercise)] = entry
-                if kept_new and autograded:
-                    if course.record(job.student, job.exercise, grades, comments, job.notebook, autograded):
-                        new["reason"] += "; the written answer changed since it was graded by hand: review it in formgrader"
-                log.info("%-20s %-40s %-12s %6s  %.1fs", job.student, job.exercise, res.status, fmt(res.score), res.seconds)
-
-            grade_all(jobs, args.workers, done)
-            for r in extra_rows:
-                if r["exercise"] in ids:
-                    new = dict(status=r.get("status", "invalid"), score=None, max_score=max_points[r["exercise"]],
-                               reason=r["reason"], file=r.get("file", ""), graded_at=_now(), sha256=r.get("sha256"))
-                    entry, _ = keep_best(state.get((r["student"], r["exercise"])), new)
-                    entry["last"] = new
-                    state[(r["student"], r["exercise"])] = entry
-            save_state(args.out / "state.json", state)
-
-        # 6. write
-        if args.exercises == "all":
-            scope = list(ids)
-        elif args.exercises:
-            want = args.exercises.split(",")
-            scope = [i for i in ids if i in want or i[:4] in want]
-        else:
-            scope = sorted(seen | {a for (_, a) in state if a in ids})
-        students = sorted({s for (s, _) in state} | set((roster or {}).values()) |
-                          {r["student"] for r in extra_rows if r["exercise"] in ids})
-        rows = [_row(s, a, state.get((s, a)), course, max_points[a]) for s in students for a in scope]
-        rows += [Row(student_id=r["student"], exercise=r["exercise"], status="invalid", reason=r["reason"],
-                     file=r.get("file", ""), graded_at=_now()) for r in extra_rows if r["exercise"] not in ids]
-        for r in rows:
-            write_feedback(args.out / "feedback" / r.student_id / f"{r.exercise.replace('/', '_')[:150]}.html", r)
-        write_csv(args.out / "grades.csv", rows)
+                     len(jobs), len(run.rejected), max(1, min(args.workers, len(jobs) or 1)))
+            grade_all(jobs, args.workers, merger(run, by_key))                            # 4. grade, 5. merge
+            record_rejected(run)
+        rows = write(run)                                                                 # 6. write
         counts = {s: sum(1 for r in rows if r.status == s) for s in STATUSES}
         log.info("wrote %s: %d rows (%s) in %.1f s", args.out / "grades.csv", len(rows),
                  ", ".join(f"{k} {v}" for k, v in counts.items() if v), time.time() - t_start)
         return 0
     finally:
         signal.signal(signal.SIGTERM, old_term)
-        shutil.rmtree(run_tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
         fcntl.flock(lock, fcntl.LOCK_UN)
 
 

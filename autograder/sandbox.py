@@ -282,6 +282,14 @@ class SandboxKernelManager(AsyncKernelManager):
             return cmd
         return [sys.executable, LAUNCHER, json.dumps(launch_spec(self.spec)), "--"] + cmd
 
+    async def interrupt_kernel(self) -> None:
+        """Interrupt by message on the control channel: a SIGINT to the process group would reach
+        bubblewrap too, which dies of it and takes the kernel along."""
+        if not self.spec.enabled or not self.has_kernel:
+            return await super().interrupt_kernel()
+        self._connect_control_socket()
+        self.session.send(self._control_socket, self.session.msg("interrupt_request", content={}))
+
     def client(self, **kwargs):
         import zmq
 

@@ -423,6 +423,8 @@ def serve(request_path: str, nonce: str) -> None:
                              grad_wrt=tuple(req.get("grad_wrt", ())), return_inputs=bool(req.get("return_inputs")))
         try:
             text = dumps(res)
+            if len(text) > MAX_BYTES:
+                raise WireError(f"{len(text) >> 20} MiB of data (the limit is {MAX_BYTES >> 20} MiB)")
         except WireError as e:
             text = dumps({"ok": False, "error": {"type": "UnreadableResult", "base": "Exception",
                                                  "message": f"the result could not be sent to the grader: it holds {e}"}})

@@ -1,115 +1,183 @@
-"""`make grade` end to end: full marks, zeros, and every bad case with its status; reruns keep grades."""
+"""`make grade` end to end: full marks, zeros, every bad case with its status, partial credit, fair
+scoring of warnings, the gradebook, collection rules, reruns that keep grades.
+
+The attacks a class would try are in tests/test_cheating.py.
+"""
 
 from __future__ import annotations
 
 import copy
-import csv
 import json
 import os
-import subprocess
-import sys
+import unicodedata
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from autograder import grade as G
-from autograder import release as R
+from gradekit import EX1, IDS, REPO, cell, extra_cell, nb, rows, run_grader, with_answer, write
 
-REPO = Path(__file__).resolve().parent.parent
-IDS = R.exercise_ids()
-EX1 = IDS[0]
-
-
-def _nb(folder: str, aid: str) -> dict:
-    return json.loads((REPO / folder / aid / f"{aid}.ipynb").read_text())
-
-
-def _cell(nb: dict, gid: str) -> dict:
-    return next(c for c in nb["cells"] if c["metadata"].get("nbgrader", {}).get("grade_id") == gid)
-
-
-def _with_answer(nb: dict, gid: str, source: str) -> dict:
-    nb = copy.deepcopy(nb)
-    _cell(nb, gid)["source"] = source
-    return nb
-
-
-def _extra_cell(nb: dict, after_gid: str, source: str) -> dict:
-    nb = copy.deepcopy(nb)
-    k = nb["cells"].index(_cell(nb, after_gid))
-    nb["cells"].insert(k + 1, {"cell_type": "code", "execution_count": None, "id": "extra", "metadata": {},
-                               "outputs": [], "source": source})
-    return nb
-
-
-def _write(path: Path, nb_or_text) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(nb_or_text if isinstance(nb_or_text, str) else json.dumps(nb_or_text, indent=1))
-
-
-def _rows(out: Path) -> dict[tuple[str, str], dict]:
-    with open(out / "grades.csv", newline="") as fh:
-        return {(r["student_id"], r["exercise"]): r for r in csv.DictReader(fh)}
-
-
-def _run(subs: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    """Through the Makefile's own command line (what `make grade` runs)."""
-    cmd = [sys.executable, "-m", "autograder.grade", str(subs), "--out", str(out), *extra]
-    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return r
-
+from autograder import collect as C
+from autograder import report as P
+from autograder.validate import check_submission
+from preflab import wire
 
 # ---------------------------------------------------------------- fast checks (no kernel)
 
 
 def test_names_are_normalized():
-    assert G.exercise_from_name(f"{EX1}.ipynb", IDS) == EX1
-    assert G.exercise_from_name(f"Copy of {EX1} (1).ipynb", IDS) == EX1
-    assert G.exercise_from_name(f"Copy of Copy of {EX1}.ipynb", IDS) == EX1
-    assert G.exercise_from_name("12345_assignsubmission_file_ex04_mine.ipynb", IDS) == IDS[3]
-    assert G.exercise_from_name("homework.ipynb", IDS) is None
-    assert G.exercise_from_name("ex01_and_ex02.ipynb", IDS) is None
+    assert C.exercise_from_name(f"{EX1}.ipynb", IDS) == EX1
+    assert C.exercise_from_name(f"Copy of {EX1} (1).ipynb", IDS) == EX1
+    assert C.exercise_from_name(f"Copy of Copy of {EX1}.ipynb", IDS) == EX1
+    assert C.exercise_from_name("12345_assignsubmission_file_ex04_mine.ipynb", IDS) == IDS[3]
+    assert C.exercise_from_name("homework.ipynb", IDS) is None
+    assert C.exercise_from_name("ex01_and_ex02.ipynb", IDS) is None
+
+
+def _found(root: Path, tmp: Path, roster=None):
+    got = C.collect(root, tmp, roster)
+    return {(f.student, f.name): f for f in got.files}, got
 
 
 def test_collect_accepts_folders_flat_files_and_zips(tmp_path):
     subs = tmp_path / "subs"
-    _write(subs / "alice" / f"{EX1}.ipynb", "{}")
-    _write(subs / f"bob_123_456_{EX1}.ipynb", "{}")
+    write(subs / "alice" / f"{EX1}.ipynb", "{}")
+    write(subs / f"bob_123_456_{EX1}.ipynb", "{}")
     with zipfile.ZipFile(subs / "lms.zip", "w") as z:
         z.writestr(f"export/carol/Copy of {EX1}.ipynb", "{}")
         z.writestr(f"export/dan_99_{IDS[1]}.ipynb", "{}")
         z.writestr("../evil.ipynb", "{}")
     (tmp_path / "x").mkdir()
-    found, warnings = G.collect(subs, tmp_path / "x")
-    got = sorted((f["student"], f["name"]) for f in found)
-    assert ("alice", f"{EX1}.ipynb") in got
-    assert ("bob", f"123_456_{EX1}.ipynb") in got
-    assert ("carol", f"Copy of {EX1}.ipynb") in got
-    assert ("dan", f"99_{IDS[1]}.ipynb") in got
-    assert any("unsafe" in w for w in warnings)
+    files, got = _found(subs, tmp_path / "x")
+    assert ("alice", f"{EX1}.ipynb") in files
+    assert ("bob", f"123_456_{EX1}.ipynb") in files
+    assert ("carol", f"Copy of {EX1}.ipynb") in files
+    assert ("dan", f"99_{IDS[1]}.ipynb") in files
+    assert any("unsafe" in w for w in got.warnings)
     assert not (tmp_path / "evil.ipynb").exists()
 
 
+def test_identity_comes_from_the_export_not_from_a_students_files(tmp_path):
+    """A zip a student uploads is never opened, so it cannot carry another student's folder."""
+    subs = tmp_path / "subs"
+    inner = tmp_path / "inner.zip"
+    with zipfile.ZipFile(inner, "w") as z:
+        z.writestr(f"victim/{EX1}.ipynb", "{}")
+    write(subs / "mallory" / "mine.zip", inner.read_bytes())
+    with zipfile.ZipFile(subs / "export.zip", "w") as z:
+        z.writestr(f"export/eve_1_{EX1}.zip", inner.read_bytes())   # a student's archive inside the LMS export
+        z.writestr(f"export/frank/{EX1}.ipynb", "{}")
+    (tmp_path / "x").mkdir()
+    files, _ = _found(subs, tmp_path / "x")
+    assert not any(s == "victim" for s, _ in files)
+    assert "archive" in files[("mallory", "mine.zip")].problem
+    assert "archive" in files[("eve", f"1_{EX1}.zip")].problem
+    assert ("frank", f"{EX1}.ipynb") in files
+
+
+def test_links_are_not_followed_and_sizes_are_checked_before_reading(tmp_path):
+    subs = tmp_path / "subs"
+    (subs / "alice").mkdir(parents=True)
+    os.symlink(REPO / "solutions" / EX1 / f"{EX1}.ipynb", subs / "alice" / f"{EX1}.ipynb")
+    os.symlink("/nonexistent/unreadable", subs / "alice" / f"{IDS[1]}.ipynb")
+    big = subs / "bob" / f"{EX1}.ipynb"
+    big.parent.mkdir()
+    with open(big, "wb") as fh:  # sparse: 3 GiB on paper, nothing on disk
+        fh.truncate(3 << 30)
+    with zipfile.ZipFile(subs / "export.zip", "w") as z:
+        info = zipfile.ZipInfo(f"carol/{EX1}.ipynb")
+        z.writestr(info, b"0" * (C.MAX_NOTEBOOK_BYTES + 10), compress_type=zipfile.ZIP_DEFLATED)
+    (tmp_path / "x").mkdir()
+    files, _ = _found(subs, tmp_path / "x")
+    assert "symbolic link" in files[("alice", f"{EX1}.ipynb")].problem
+    assert "symbolic link" in files[("alice", f"{IDS[1]}.ipynb")].problem
+    assert "limit" in files[("bob", f"{EX1}.ipynb")].problem
+    assert "limit" in files[("carol", f"{EX1}.ipynb")].problem
+    with pytest.raises(OSError):
+        C.read_bounded(subs / "alice" / f"{EX1}.ipynb")
+
+
+def test_ids_keep_their_unicode_and_bad_ids_are_named():
+    nfd = unicodedata.normalize("NFD", "José")
+    assert C.normalize_id(nfd) == ("José", "")
+    assert C.normalize_id("Jane Doe")[0] != C.normalize_id("Jane_Doe")[0]
+    assert C.normalize_id("张伟")[1] == ""
+    for bad in ("", ".hidden", "a\nb", "a\u202eb", "x" * 200):
+        assert C.normalize_id(bad)[1], bad
+
+
+def test_roster_maps_aliases_and_flat_names_with_underscores(tmp_path):
+    r = tmp_path / "roster.csv"
+    r.write_text("student_id,aliases\njane_doe,Jane Doe;JD\nbob,\n")
+    roster = C.read_roster(r)
+    assert roster["Jane Doe"] == "jane_doe" and roster["bob"] == "bob"
+    assert C._flat_student(f"jane_doe_123_{EX1}.ipynb", roster) == ("jane_doe", f"123_{EX1}.ipynb")
+
+
+def test_csv_cells_cannot_start_a_formula(tmp_path):
+    for bad in ("=HYPERLINK(\"http://x\")", "+1", "-2", "@SUM(A1)", "\tx"):
+        assert P.csv_cell(bad).startswith("'")
+    assert P.csv_cell("alice") == "alice" and P.csv_cell(8.0) == "8" and P.csv_cell(None) == ""
+    P.write_csv(tmp_path / "g.csv", [P.Row(student_id="=cmd|' /C calc'!A0", exercise=EX1, status="ok", reason="-x")])
+    text = (tmp_path / "g.csv").read_text()
+    assert "'=cmd" in text and ",'-x," in text
+    assert oct((tmp_path / "g.csv").stat().st_mode)[-3:] == "600"
+
+
 def test_checks_before_grading():
-    rel = _nb("exercises", EX1)
-    ok = G.check_submission(json.dumps(_nb("solutions", EX1)).encode(), EX1, rel)
+    rel = nb("exercises", EX1)
+    ok = check_submission(json.dumps(nb("solutions", EX1)).encode(), EX1, rel)
     assert ok["ok"] and ok["answered_written"]
-    assert G.check_submission(json.dumps(rel).encode(), EX1, rel)["answered_written"] is False
-    assert "broken JSON" in G.check_submission(b'{"cells": [', EX1, rel)["reason"]
+    assert check_submission(json.dumps(rel).encode(), EX1, rel)["answered_written"] is False
+    assert "broken JSON" in check_submission(b'{"cells": [', EX1, rel)["reason"]
     stripped = copy.deepcopy(rel)
     for c in stripped["cells"]:
         c["metadata"].pop("nbgrader", None)
-    assert "metadata missing" in G.check_submission(json.dumps(stripped).encode(), EX1, rel)["reason"]
+    assert "metadata missing" in check_submission(json.dumps(stripped).encode(), EX1, rel)["reason"]
     deleted = copy.deepcopy(rel)
-    deleted["cells"].remove(_cell(deleted, "ex01_rule_tests"))
-    assert "deleted" in G.check_submission(json.dumps(deleted).encode(), EX1, rel)["reason"]
+    deleted["cells"].remove(cell(deleted, "ex01_rule_tests"))
+    assert "deleted" in check_submission(json.dumps(deleted).encode(), EX1, rel)["reason"]
     dup = copy.deepcopy(rel)
-    dup["cells"].append(copy.deepcopy(_cell(dup, "ex01_rule")))
-    assert "appears 2 times" in G.check_submission(json.dumps(dup).encode(), EX1, rel)["reason"]
-    other = json.dumps(_nb("exercises", IDS[1])).encode()
-    assert "ex02" in G.check_submission(other, EX1, rel)["reason"]
+    dup["cells"].append(copy.deepcopy(cell(dup, "ex01_rule")))
+    assert "appears 2 times" in check_submission(json.dumps(dup).encode(), EX1, rel)["reason"]
+    other = json.dumps(nb("exercises", IDS[1])).encode()
+    assert "ex02" in check_submission(other, EX1, rel)["reason"]
+    retyped = copy.deepcopy(rel)
+    rt = cell(retyped, "ex01_rule_tests")
+    rt["cell_type"] = "markdown"
+    rt.pop("outputs", None)
+    rt.pop("execution_count", None)
+    assert "changed from code" in check_submission(json.dumps(retyped).encode(), EX1, rel)["reason"]
+    foreign = copy.deepcopy(rel)
+    fake = copy.deepcopy(cell(foreign, "ex01_rule_tests"))
+    fake["metadata"]["nbgrader"]["grade_id"] = "ex01_bonus_tests"
+    fake["id"] = "bonus"
+    foreign["cells"].append(fake)
+    assert "does not belong" in check_submission(json.dumps(foreign).encode(), EX1, rel)["reason"]
+
+
+def test_wire_refuses_what_it_cannot_trust():
+    for bad in ['{"$t": "ndarray", "npy": "AAAA"}', "[" * 200 + "]" * 200, '{"plain": "dict"}',
+                '{"$t": "function", "name": "os.system"}', '{"$t": "model", "kind": "gpt2_lm", '
+                '"config": {"model_type": "gpt2", "n_layer": 1000}}', '{"$t": "float", "v": "1e999"}', b"\xff"]:
+        with pytest.raises(wire.WireError):
+            wire.loads(bad)
+    import numpy as np
+
+    obj = np.array([object()], dtype=object)
+    with pytest.raises(wire.WireError):
+        wire.dumps(obj)
+    back = wire.loads(wire.dumps({"a": (1, 2.5, float("nan")), "b": np.arange(3.0)}))
+    assert back["a"][:2] == (1, 2.5) and back["a"][2] != back["a"][2] and back["b"].tolist() == [0.0, 1.0, 2.0]
+
+
+def test_keep_best_never_trades_a_score_for_a_failure():
+    first, kept = P.keep_best(None, dict(score=6.0, status="ok"))
+    assert kept
+    second, kept = P.keep_best(first, dict(score=None, status="invalid"))
+    assert not kept and second["kept"]["score"] == 6.0
+    third, kept = P.keep_best(second, dict(score=7.0, status="ok"))
+    assert kept and third["kept"]["score"] == 7.0 and len(third["history"]) == 3
 
 
 # ---------------------------------------------------------------- the real grader, end to end
@@ -117,67 +185,66 @@ def test_checks_before_grading():
 LOOP = "def pairwise_loss(r_chosen, r_rejected):\n    raise NotImplementedError()\nwhile True:\n    pass\n"
 SWALLOW = ("import time\ndef pairwise_loss(r_chosen, r_rejected):\n    raise NotImplementedError()\n"
            "while True:\n    try:\n        time.sleep(0.2)\n    except KeyboardInterrupt:\n        pass\n")
-SNOOP = r'''
-import os, socket, glob
-REPO = %r
-probes = {
-    "solutions": lambda: os.listdir(os.path.join(REPO, "solutions")),
-    "solution file": lambda: open(os.path.join(REPO, "solutions", %r, %r)).read(),
-    "git objects": lambda: os.listdir(os.path.join(REPO, ".git")),
-    "autograder work": lambda: os.listdir(os.path.join(REPO, "autograder", "work")),
-    "gradebook files": lambda: [p for p in glob.glob("/tmp/**/gradebook.db", recursive=True)] or 1 / 0,
-    "parent folder": lambda: os.listdir(".."),
-    "network": lambda: socket.create_connection(("1.1.1.1", 80), timeout=2),
-    "loopback": lambda: socket.create_connection(("127.0.0.1", 22), timeout=2),
-}
-for name, fn in probes.items():
-    try:
-        fn()
-        print("LEAK", name)
-    except Exception as e:
-        print("BLOCKED", name, type(e).__name__)
-print("uid", os.getuid())
-''' % (str(REPO), EX1, f"{EX1}.ipynb")
+SOLUTION_RULE = "\n".join(ln for ln in "".join(cell(nb("solutions", EX1), "ex01_rule")["source"]).splitlines()
+                          if ln.strip() not in ("### BEGIN SOLUTION", "### END SOLUTION"))
+WARNS = ("import sys, warnings\n" + SOLUTION_RULE.replace(
+    "def pairwise_loss(r_chosen, r_rejected):\n",
+    "def pairwise_loss(r_chosen, r_rejected):\n    warnings.warn('a deprecation I cannot fix')\n"
+    "    print('a note to stderr', file=sys.stderr)\n", 1))
+HALF = SOLUTION_RULE.replace("def pairwise_loss(r_chosen, r_rejected):\n",
+                             "def pairwise_loss(r_chosen, r_rejected):\n    r_chosen = np.asarray(r_chosen, dtype=float)\n"
+                             "    if r_chosen.size > 8:\n        return np.zeros(r_chosen.size)\n", 1)
 
 
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory):
     base = tmp_path_factory.mktemp("grading")
     subs, out = base / "subs", base / "out"
-    sol1, rel1 = _nb("solutions", EX1), _nb("exercises", EX1)
+    sol1, rel1 = nb("solutions", EX1), nb("exercises", EX1)
     for aid in IDS:
-        _write(subs / "alice" / f"{aid}.ipynb", _nb("solutions", aid))   # the solutions as a student
-        _write(subs / "bob" / f"{aid}.ipynb", _nb("exercises", aid))     # the release, untouched
-    _write(subs / "carol" / f"{EX1}.ipynb", _with_answer(rel1, "ex01_rule", LOOP))
-    _write(subs / "dave" / f"{EX1}.ipynb", _with_answer(rel1, "ex01_rule", SWALLOW))
-    _write(subs / "erin" / f"{EX1}.ipynb", _extra_cell(sol1, "ex01_rule_tests", "raise RuntimeError('boom')"))
-    _write(subs / "frank" / f"{EX1}.ipynb", _extra_cell(sol1, "ex01_rule", "import os\nos._exit(1)"))
+        write(subs / "alice" / f"{aid}.ipynb", nb("solutions", aid))   # the solutions as a student
+        write(subs / "bob" / f"{aid}.ipynb", nb("exercises", aid))     # the release, untouched
+    write(subs / "carol" / f"{EX1}.ipynb", with_answer(rel1, "ex01_rule", LOOP))
+    write(subs / "dave" / f"{EX1}.ipynb", with_answer(rel1, "ex01_rule", SWALLOW))
+    write(subs / "erin" / f"{EX1}.ipynb", extra_cell(sol1, "ex01_rule_tests", "raise RuntimeError('boom')"))
+    write(subs / "frank" / f"{EX1}.ipynb", extra_cell(sol1, "ex01_rule", "import os\nos._exit(1)"))
     deleted = copy.deepcopy(sol1)
-    deleted["cells"].remove(_cell(deleted, "ex01_edge_tests"))
-    _write(subs / "gina" / f"{EX1}.ipynb", deleted)
+    deleted["cells"].remove(cell(deleted, "ex01_edge_tests"))
+    write(subs / "gina" / f"{EX1}.ipynb", deleted)
     edited = copy.deepcopy(rel1)
-    _cell(edited, "ex01_rule_tests")["source"] = "pass  # tests removed by the student"
-    _cell(edited, "ex01_rule_tests")["metadata"]["nbgrader"]["points"] = 100
-    _write(subs / "hank" / f"{EX1}.ipynb", edited)
+    cell(edited, "ex01_rule_tests")["source"] = "pass  # tests removed by the student"
+    cell(edited, "ex01_rule_tests")["metadata"]["nbgrader"]["points"] = 100
+    write(subs / "hank" / f"{EX1}.ipynb", edited)
     stripped = copy.deepcopy(sol1)
     for c in stripped["cells"]:
         c["metadata"].pop("nbgrader", None)
-    _write(subs / "ivy" / f"{EX1}.ipynb", stripped)
+    write(subs / "ivy" / f"{EX1}.ipynb", stripped)
     dup = copy.deepcopy(sol1)
-    dup["cells"].insert(5, copy.deepcopy(_cell(dup, "ex01_rule")))
-    _write(subs / "jack" / f"{EX1}.ipynb", dup)
-    _write(subs / "kim" / f"{EX1}.ipynb", json.dumps(sol1)[:-200])
-    _write(subs / "leo" / "homework.ipynb", sol1)                        # wrong name, right cells
-    _write(subs / "mia" / "notes.ipynb", {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
-    _write(subs / "nina" / f"Copy of {EX1} (1).ipynb", sol1)              # Colab's "Save a copy"
-    _write(subs / "oscar" / f"{EX1}.ipynb", _extra_cell(sol1, "ex01_rule", SNOOP))
-    patched = _with_answer(rel1, "ex01_rule", "np.isclose = lambda *a, **k: True\nnp.allclose = lambda *a, **k: True\n"
-                                             "def pairwise_loss(r_chosen, r_rejected):\n    return np.zeros(len(r_chosen))")
-    _write(subs / "pat" / f"{EX1}.ipynb", patched)
+    dup["cells"].insert(5, copy.deepcopy(cell(dup, "ex01_rule")))
+    write(subs / "jack" / f"{EX1}.ipynb", dup)
+    write(subs / "kim" / f"{EX1}.ipynb", json.dumps(sol1)[:-200])
+    write(subs / "leo" / "homework.ipynb", sol1)                        # wrong name, right cells
+    write(subs / "mia" / "notes.ipynb", {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
+    write(subs / "nina" / f"Copy of {EX1} (1).ipynb", sol1)              # Colab's "Save a copy"
+    write(subs / "olga" / f"{EX1}.ipynb", with_answer(sol1, "ex01_rule", WARNS))   # right, but warns
+    write(subs / "paul" / f"{EX1}.ipynb", with_answer(sol1, "ex01_rule", HALF))    # right on small inputs only
+    write(subs / "Jane Doe" / f"{EX1}.ipynb", sol1)
+    write(subs / "Jane_Doe" / f"{EX1}.ipynb", rel1)
+    write(subs / unicodedata.normalize("NFD", "José") / f"{EX1}.ipynb", sol1)
     with zipfile.ZipFile(subs / "canvas.zip", "w") as z:                  # LMS archive, flat names
-        z.writestr(f"quinn_4711_99_{IDS[2]}.ipynb", json.dumps(_nb("solutions", IDS[2])))
-    r = _run(subs, out, "--workers", "2", "--timeout", "6", "--notebook-timeout", "60")
-    return dict(subs=subs, out=out, rows=_rows(out), log=r.stderr)
+        z.writestr(f"quinn_4711_99_{IDS[2]}.ipynb", json.dumps(nb("solutions", IDS[2])))
+    r = run_grader(subs, out, "--workers", "2", "--timeout", "6", "--notebook-timeout", "90")
+    return dict(subs=subs, out=out, rows=rows(out), log=r.stderr)
+
+
+def _max(aid: str) -> float:
+    return float(sum(c["metadata"]["nbgrader"].get("points", 0) for c in nb("solutions", aid)["cells"]
+                     if c["metadata"].get("nbgrader", {}).get("grade")))
+
+
+def _auto_max(aid: str) -> float:
+    return float(sum(c["metadata"]["nbgrader"].get("points", 0) for c in nb("solutions", aid)["cells"]
+                     if c["metadata"].get("nbgrader", {}).get("grade") and c["cell_type"] == "code"))
 
 
 @pytest.mark.slow
@@ -185,23 +252,23 @@ def test_solutions_get_full_marks(batch):
     for aid in IDS:
         r = batch["rows"][("alice", aid)]
         assert r["status"] == "needs_manual", r
-        assert r["auto_score"] == r["auto_max_score"] == "8", r
-        assert r["score"] == "8" and r["max_score"] == "10"
+        assert float(r["auto_score"]) == float(r["auto_max_score"]) == _auto_max(aid), r
+        assert float(r["max_score"]) == _max(aid)
 
 
 @pytest.mark.slow
 def test_released_notebooks_get_zero_with_status_ok(batch):
     for aid in IDS:
         r = batch["rows"][("bob", aid)]
-        assert (r["status"], r["score"], r["auto_score"]) == ("ok", "0", "0"), r
+        assert (r["status"], float(r["score"]), float(r["auto_score"])) == ("ok", 0.0, 0.0), r
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("student,status,has_score,words", [
     ("carol", "timeout", True, "interrupted"),
-    ("dave", "timeout", False, "ignored the interrupt"),
+    ("dave", "timeout", True, "ignored the interrupt"),
     ("erin", "error", True, "RuntimeError"),
-    ("frank", "error", False, "kernel died"),
+    ("frank", "error", True, "kernel died"),
     ("gina", "invalid", False, "test cell 'ex01_edge_tests' was deleted"),
     ("ivy", "invalid", False, "metadata missing"),
     ("jack", "invalid", False, "appears 2 times"),
@@ -216,69 +283,144 @@ def test_bad_submissions_get_their_status(batch, student, status, has_score, wor
 
 
 @pytest.mark.slow
+def test_a_dead_kernel_keeps_the_points_earned_before(batch):
+    """erin's extra cell raises after the first test cell; frank's kernel dies before any test."""
+    assert float(batch["rows"][("erin", EX1)]["score"]) == _auto_max(EX1)
+    assert float(batch["rows"][("frank", EX1)]["score"]) == 0.0
+
+
+@pytest.mark.slow
 def test_edited_test_cells_are_restored(batch):
     r = batch["rows"][("hank", EX1)]
-    assert r["status"] == "ok" and r["score"] == "0" and r["max_score"] == "10", r
+    assert r["status"] == "ok" and float(r["score"]) == 0 and float(r["max_score"]) == _max(EX1), r
     assert "restored" in r["reason"]
 
 
 @pytest.mark.slow
 def test_names_colab_copies_and_archives(batch):
-    rows = batch["rows"]
-    assert rows[("leo", EX1)]["score"] == "8" and "recognized" in rows[("leo", EX1)]["reason"]
-    assert rows[("mia", "unrecognized:notes.ipynb")]["status"] == "invalid"
-    assert rows[("mia", EX1)]["status"] == "missing" and rows[("mia", EX1)]["score"] == ""
-    assert rows[("nina", EX1)]["score"] == "8"
-    assert rows[("quinn", IDS[2])]["score"] == "8"
-    assert rows[("bob", IDS[2])]["status"] == "ok"
+    rs = batch["rows"]
+    full = _auto_max(EX1)
+    assert float(rs[("leo", EX1)]["score"]) == full and "recognized" in rs[("leo", EX1)]["reason"]
+    assert rs[("mia", "unrecognized:notes.ipynb")]["status"] == "invalid"
+    assert rs[("mia", EX1)]["status"] == "missing" and rs[("mia", EX1)]["score"] == ""
+    assert float(rs[("nina", EX1)]["score"]) == full
+    assert float(rs[("quinn", IDS[2])]["score"]) == _auto_max(IDS[2])
+    assert rs[("bob", IDS[2])]["status"] == "ok"
 
 
 @pytest.mark.slow
-def test_monkeypatching_numpy_does_not_pass_hidden_tests(batch):
-    r = batch["rows"][("pat", EX1)]
-    assert r["score"] == "0", r
-    assert "[FAIL]" in (batch["out"] / "feedback" / "pat" / f"{EX1}.html").read_text()
+def test_ids_are_kept_as_written(batch):
+    rs = batch["rows"]
+    assert float(rs[("Jane Doe", EX1)]["score"]) == _auto_max(EX1)
+    assert float(rs[("Jane_Doe", EX1)]["score"]) == 0.0
+    assert float(rs[("José", EX1)]["score"]) == _auto_max(EX1)
+
+
+@pytest.mark.slow
+def test_a_warning_costs_no_points_and_is_named(batch):
+    r = batch["rows"][("olga", EX1)]
+    assert float(r["auto_score"]) == _auto_max(EX1), r
+    page = (batch["out"] / "feedback" / "olga" / f"{EX1}.html").read_text()
+    assert "a deprecation I cannot fix" in page and "no points lost" in page
+
+
+@pytest.mark.slow
+def test_partial_credit_and_feedback_says_why(batch):
+    """paul's pairwise_loss is right on the visible inputs and wrong on larger ones."""
+    r = batch["rows"][("paul", EX1)]
+    rule = next(c for c in nb("solutions", EX1)["cells"] if c["metadata"].get("nbgrader", {}).get("grade_id") == "ex01_rule_tests")
+    assert 0 < float(r["auto_score"]) < _auto_max(EX1), r
+    page = (batch["out"] / "feedback" / "paul" / f"{EX1}.html").read_text()
+    assert f"ex01_rule_tests: " in page and f" of {rule['metadata']['nbgrader']['points']:g} points" in page
+    assert "class='fail'" in page and "class='part'" in page   # never shown as passed
+    hidden_fails = [ln for ln in page.splitlines() if ln.startswith("<li class='fail'>hidden")]
+    assert hidden_fails and not any("expected" in ln for ln in hidden_fails), hidden_fails
 
 
 @pytest.mark.slow
 def test_no_failure_is_a_plain_zero_and_feedback_hides_tests(batch):
     for r in batch["rows"].values():
-        assert r["status"] in G.STATUSES
+        assert r["status"] in P.STATUSES
         if r["status"] in ("invalid", "missing"):
             assert r["score"] == ""
-    for html in (batch["out"] / "feedback").rglob("*.html"):
-        text = html.read_text()
+    for page in (batch["out"] / "feedback").rglob("*.html"):
+        text = page.read_text()
         for secret in ("BEGIN HIDDEN", "sc.rng(", "Traceback", "_exp = ", "def pairwise_loss"):
-            assert secret not in text, (html, secret)
+            assert secret not in text, (page, secret)
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox needs root (the grader falls back with a warning)")
-def test_graded_code_cannot_read_answers_or_reach_the_network(batch):
-    assert "WITHOUT the sandbox" not in batch["log"]
-    nb = json.loads((batch["out"] / "autograded" / "oscar" / f"{EX1}.ipynb").read_text())
-    text = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
-    assert "BLOCKED solutions" in text and "BLOCKED network" in text and "BLOCKED gradebook files" in text
-    assert "LEAK" not in text, text
-    assert "uid 0" not in text
-    assert batch["rows"][("oscar", EX1)]["score"] == "8"
+def test_out_is_private_and_keeps_an_nbgrader_gradebook(batch):
+    out = batch["out"]
+    assert oct(out.stat().st_mode)[-3:] == "700"
+    assert (out / "course" / "gradebook.db").exists() and (out / "course" / "nbgrader_config.py").exists()
+    assert (out / "course" / "autograded" / "alice" / EX1 / f"{EX1}.ipynb").exists()
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{out / 'course' / 'gradebook.db'}", "preflab") as gb:
+        sub = gb.find_submission_notebook(EX1, EX1, "alice")
+        written = [g for g in sub.grades if g.cell.cell_type == "markdown"]
+        assert written and all(g.needs_manual_grade and g.manual_score is None for g in written)
+        code = [g for g in sub.grades if g.cell.cell_type == "code"]
+        assert sum(g.auto_score for g in code) == pytest.approx(_auto_max(EX1))
+
+
+@pytest.mark.slow
+def test_the_log_says_what_the_sandbox_exposes(batch):
+    assert "sandbox: bubblewrap" in batch["log"] and "read-only:" in batch["log"] and "no network" in batch["log"]
+
+
+@pytest.mark.slow
+def test_manual_grades_merge_and_survive_reruns(batch, tmp_path):
+    """A written answer graded in the gradebook (as formgrader does) lands in grades.csv, and a
+    rerun keeps it; a changed answer is marked for review again, its points kept."""
+    from nbgrader.api import Gradebook
+
+    out = batch["out"]
+    with Gradebook(f"sqlite:///{out / 'course' / 'gradebook.db'}", "preflab") as gb:
+        sub = gb.find_submission_notebook(IDS[4], IDS[4], "alice")
+        for g in sub.grades:
+            if g.cell.cell_type == "markdown":
+                g.manual_score = g.max_score
+                g.needs_manual_grade = False
+        gb.db.commit()
+    run_grader(None, out, "--export")
+    r = rows(out)[("alice", IDS[4])]
+    assert r["status"] == "ok" and float(r["score"]) == _max(IDS[4]) and float(r["manual_score"]) > 0, r
+    (tmp_path / "empty").mkdir()
+    run_grader(tmp_path / "empty", out, "--workers", "1")          # a rerun with nothing new keeps it
+    assert rows(out)[("alice", IDS[4])]["manual_score"] == r["manual_score"]
+    sol = nb("solutions", IDS[4])
+    changed = copy.deepcopy(sol)
+    wid = next(c for c in sol["cells"] if c["metadata"].get("nbgrader", {}).get("grade")
+               and c["cell_type"] == "markdown")["metadata"]["nbgrader"]["grade_id"]
+    cell(changed, wid)["source"] = "A different answer, written after the grade was given."
+    write(tmp_path / "subs" / "alice" / f"{IDS[4]}.ipynb", changed)
+    run_grader(tmp_path / "subs", out, "--workers", "1")
+    r = rows(out)[("alice", IDS[4])]
+    assert r["status"] == "needs_manual" and "graded by hand: review it" in r["reason"], r
+    with Gradebook(f"sqlite:///{out / 'course' / 'gradebook.db'}", "preflab") as gb:
+        sub = gb.find_submission_notebook(IDS[4], IDS[4], "alice")
+        assert all(g.manual_score == g.max_score for g in sub.grades if g.cell.cell_type == "markdown")
 
 
 @pytest.mark.slow
 def test_a_rerun_never_loses_a_grade(batch, tmp_path):
     subs = tmp_path / "subs"
-    _write(subs / "alice" / f"{EX1}.ipynb", "{ broken")                       # a worse resubmission
-    _write(subs / "bob" / f"{EX1}.ipynb", _nb("solutions", EX1))               # a better one
-    _run(subs, batch["out"], "--workers", "1")
-    rows = _rows(batch["out"])
-    a = rows[("alice", EX1)]
-    assert a["score"] == "8" and a["status"] == "needs_manual" and "kept the earlier grade" in a["reason"], a
-    assert rows[("bob", EX1)]["score"] == "8"
-    assert rows[("alice", IDS[5])]["score"] == "8", "grades not in this batch are kept"
-    assert rows[("carol", EX1)]["status"] == "timeout"
+    write(subs / "alice" / f"{EX1}.ipynb", "{ broken")                       # a worse resubmission
+    write(subs / "bob" / f"{EX1}.ipynb", nb("solutions", EX1))               # a better one
+    run_grader(subs, batch["out"], "--workers", "1")
+    rs = rows(batch["out"])
+    a = rs[("alice", EX1)]
+    assert float(a["score"]) == _auto_max(EX1) and a["status"] == "needs_manual" and "kept the earlier grade" in a["reason"], a
+    assert float(rs[("bob", EX1)]["score"]) == _auto_max(EX1)
+    assert float(rs[("alice", IDS[5])]["score"]) == _auto_max(IDS[5]), "grades not in this batch are kept"
+    assert rs[("carol", EX1)]["status"] == "timeout"
 
 
 def test_make_grade_is_wired():
     text = (REPO / "Makefile").read_text()
     assert "-m autograder.grade \"$(SUBMISSIONS)\" --out \"$(OUT)\"" in text
+    assert "-m autograder.grade --export --out \"$(OUT)\"" in text
     assert "-m autograder.release" in text
+    assert "formgrader" in text
