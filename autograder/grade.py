@@ -431,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
             spec = _sandbox(args)
             if spec is None:
                 return 2
+            log.info("scratch: %s (removed at the end)", tmp)
             (tmp / "unzipped").mkdir()
             found = collect(args.submissions, tmp / "unzipped", run.roster)              # 1. collect
             for w in found.warnings:
