@@ -4,6 +4,9 @@
    keyboard and see the printed win probability P(a ≻ b) change.
 2. Open exercise 8 as released to students and press nbgrader's Validate button; the
    validation dialog reports the cells a student still has to fill in.
+3. As an instructor: grade a submission with `make grade`'s grader, open nbgrader's formgrader
+   on the course it wrote, give the written answer its points, export, and find them in
+   grades.csv.
 
 Each step leaves a screenshot in build/browser/. The JupyterLab server runs on a free
 localhost port with a random token, in a temporary root folder that holds copies of the two
@@ -104,10 +107,12 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @contextmanager
-def jupyterlab(work: Path):
-    """Start JupyterLab on a free port with a token; yield (base_url, token, root_dir, log_path)."""
-    root = work / "root"
-    root.mkdir()
+def jupyterlab(work: Path, root: Path | None = None):
+    """Start JupyterLab on a free port with a token; yield (base_url, token, root_dir, log_path).
+    ``root`` (default: a new folder) is the server's root and working folder."""
+    if root is None:
+        root = work / "root"
+        root.mkdir()
     write_settings(work / "settings")
     port, token = free_port(), secrets.token_hex(16)
     env = dict(os.environ,
@@ -297,3 +302,53 @@ def test_exercise_validates_with_nbgrader(page, lab):
         assert "The following cell failed" in text, text[:2000]
         assert "NotImplementedError" in text, text[:2000]
         assert "You did not provide a response" in text, text[:2000]
+
+
+def test_formgrader_manual_grade_lands_in_grades_csv(page, tmp_path_factory):
+    """The instructor's path for written answers: formgrader on OUT/course, then `make export`."""
+    import csv
+
+    from gradekit import EX1, nb, run_grader, write
+
+    work = tmp_path_factory.mktemp("formgrader")
+    write(work / "subs" / "alice" / f"{EX1}.ipynb", nb("solutions", EX1))
+    out = work / "out"
+    run_grader(work / "subs", out, "--workers", "1")
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{out / 'course' / 'gradebook.db'}", "preflab") as gb:
+        sub = gb.find_submission_notebook(EX1, EX1, "alice")
+        sub_id = sub.id
+        written = next(g for g in sub.grades if g.cell.cell_type == "markdown")
+        wid, wmax = written.name, written.max_score
+    with jupyterlab(work, root=out / "course") as lab:
+        base, token = lab[0], lab[1]
+        with step(page, lab, "formgrader_open"):
+            page.goto(f"{base}/lab?token={token}")  # log in: the server sets its cookie
+            page.goto(f"{base}/formgrader/gradebook/{EX1}/{EX1}")
+            link = page.get_by_role("link", name=re.compile(r"Submission #1"))
+            link.wait_for(timeout=60_000)
+            shot(page, "07_formgrader_submissions.png")
+            link.click()  # as an instructor would
+            page.wait_for_url(re.compile(rf".*/formgrader/submissions/{sub_id}/?.*"), timeout=60_000)
+            box = page.locator(f"input.score#{wid}")
+            box.wait_for(timeout=60_000)
+        with step(page, lab, "formgrader_grade"):
+            box.scroll_into_view_if_needed()
+            box.fill(f"{wmax:g}")
+            box.press("Tab")  # leaving the field saves the score
+            deadline = time.monotonic() + 30
+            while True:
+                with Gradebook(f"sqlite:///{out / 'course' / 'gradebook.db'}", "preflab") as gb:
+                    g = next(x for x in gb.find_submission_notebook(EX1, EX1, "alice").grades if x.name == wid)
+                    saved = g.manual_score
+                if saved is not None or time.monotonic() > deadline:
+                    break
+                page.wait_for_timeout(300)
+            shot(page, "08_formgrader_graded.png")
+            assert saved == wmax, f"formgrader did not save the score (manual_score {saved})"
+    run_grader(None, out, "--export")
+    with open(out / "grades.csv", newline="") as fh:
+        row = next(r for r in csv.DictReader(fh) if r["student_id"] == "alice")
+    assert row["status"] == "ok" and float(row["manual_score"]) == wmax, row
+    assert float(row["score"]) == float(row["auto_score"]) + wmax, row
