@@ -78,6 +78,17 @@ def tree_hash(*paths: Path) -> str:
     return h.hexdigest()
 
 
+def need_sandbox() -> None:
+    """Skip (saying why and how to fix it) where bubblewrap cannot run: `make grade` refuses there."""
+    import pytest
+
+    from autograder.sandbox import INSTALL_HELP, probe
+
+    ok, why = probe()
+    if not ok:
+        pytest.skip(f"the grader's sandbox cannot run here ({why}): {INSTALL_HELP}")
+
+
 def run_grader(subs: Path | None, out: Path, *extra: str, user: dict | None = None, check: bool = True,
                timeout: int = 1500) -> subprocess.CompletedProcess:
     """``python -m autograder.grade`` as ``make grade`` runs it; with ``user`` (from

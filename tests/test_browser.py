@@ -308,8 +308,9 @@ def test_formgrader_manual_grade_lands_in_grades_csv(page, tmp_path_factory):
     """The instructor's path for written answers: formgrader on OUT/course, then `make export`."""
     import csv
 
-    from gradekit import EX1, nb, run_grader, write
+    from gradekit import EX1, nb, need_sandbox, run_grader, write
 
+    need_sandbox()
     work = tmp_path_factory.mktemp("formgrader")
     write(work / "subs" / "alice" / f"{EX1}.ipynb", nb("solutions", EX1))
     out = work / "out"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from gradekit import EX1, REPO, give, nb, outputs_text, plain_user, rows, run_grader, tree_hash, with_answer, write
+from gradekit import EX1, REPO, give, nb, need_sandbox, outputs_text, plain_user, rows, run_grader, tree_hash, with_answer, write
 
 pytestmark = pytest.mark.slow
 
@@ -372,6 +372,7 @@ RUNNERS = ["root", "user"] if os.geteuid() == 0 else ["user"]
 
 @pytest.fixture(scope="module", params=RUNNERS)
 def attacked(request, tmp_path_factory):
+    need_sandbox()
     if request.param == "root" or os.geteuid() != 0:
         res = _batch(tmp_path_factory.mktemp(f"cheat-{request.param}"), REPO, sys.executable, None)
     else:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gradekit import EX1, IDS, REPO, cell, extra_cell, nb, rows, run_grader, with_answer, write
+from gradekit import EX1, IDS, REPO, cell, extra_cell, nb, need_sandbox, rows, run_grader, with_answer, write
 
 from autograder import collect as C
 from autograder import report as P
@@ -198,6 +198,7 @@ HALF = SOLUTION_RULE.replace("def pairwise_loss(r_chosen, r_rejected):\n",
 
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory):
+    need_sandbox()
     base = tmp_path_factory.mktemp("grading")
     subs, out = base / "subs", base / "out"
     sol1, rel1 = nb("solutions", EX1), nb("exercises", EX1)
