@@ -46,17 +46,27 @@ def send(fh, obj: dict) -> None:
     fh.flush()
 
 
+def _read_exactly(fh, n: int) -> bytes | None:
+    """n bytes from a pipe (an unbuffered read returns what the pipe holds, often less), or None at EOF."""
+    chunks, got = [], 0
+    while got < n:
+        chunk = fh.read(n - got)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
 def recv(fh, limit: int = 128 * 1024 * 1024) -> dict | None:
-    head = fh.read(4)
-    if len(head) < 4:
+    head = _read_exactly(fh, 4)
+    if head is None:
         return None
     (n,) = struct.unpack(">I", head)
     if n > limit:
         raise ValueError(f"frame of {n} bytes")
-    data = fh.read(n)
-    if len(data) < n:
-        return None
-    return json.loads(data)
+    data = _read_exactly(fh, n)
+    return None if data is None else json.loads(data)
 
 
 # ----------------------------------------------------------------------------- the source of a test cell

@@ -425,3 +425,21 @@ def test_make_grade_is_wired():
     assert "-m autograder.grade --export --out \"$(OUT)\"" in text
     assert "-m autograder.release" in text
     assert "formgrader" in text
+
+
+def test_frames_larger_than_a_pipe_buffer_arrive_whole():
+    """The checker reads its requests through an unbuffered pipe, where one read returns only what
+    the pipe holds (64 KiB): a large result must still arrive as one frame."""
+    import subprocess
+    import sys
+
+    from autograder.checker import recv, send
+
+    echo = ("import os, sys; sys.path.insert(0, %r); from autograder.checker import recv, send; "
+            "i = os.fdopen(os.dup(0), 'rb', buffering=0); o = os.fdopen(os.dup(1), 'wb', buffering=0); "
+            "send(o, recv(i))" % str(REPO))
+    child = subprocess.Popen([sys.executable, "-c", echo], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    big = {"text": "y" * 5_000_000}
+    send(child.stdin, big)
+    assert recv(child.stdout) == big
+    child.wait(timeout=30)
