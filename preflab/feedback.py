@@ -35,7 +35,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+import preflab.world as world_module  # RUBRIC is read at call time: Rubric.active() swaps it
 from preflab.pairs import PROVENANCE_FIELDS, dataset_hash, find_problems
+from preflab.world import FILLER, parse_response, sigmoid
 
 __all__ = ["Rubric", "RubricLabeler", "VersionError", "VersionRegistry", "content_hash",
            "estimate_accuracy", "vote_weights", "weighted_vote", "FeedbackEvent", "IngestResult",
@@ -64,18 +66,16 @@ class Rubric:
     @classmethod
     def from_world(cls, text: str = "") -> "Rubric":
         """The rubric the world's gold reward uses now (``preflab.world.RUBRIC``)."""
-        from preflab.world import RUBRIC
-
-        w = {k: v for k, v in RUBRIC.items() if k != "version"}
-        return cls(RUBRIC["version"], w, text)
+        rubric = world_module.RUBRIC
+        w = {k: v for k, v in rubric.items() if k != "version"}
+        return cls(rubric["version"], w, text)
 
     def revised(self, version: str, text: str | None = None, **changes: float) -> "Rubric":
         """A new rubric with some weights changed (pass the same ``version`` to simulate a silent edit)."""
-        from preflab.world import RUBRIC
-
-        unknown = set(changes) - set(RUBRIC)
+        rubric = world_module.RUBRIC
+        unknown = set(changes) - set(rubric)
         if unknown:
-            raise ValueError(f"unknown rubric weights {sorted(unknown)}; known: {sorted(k for k in RUBRIC if k != 'version')}")
+            raise ValueError(f"unknown rubric weights {sorted(unknown)}; known: {sorted(k for k in rubric if k != 'version')}")
         return Rubric(version, {**self.weights, **changes}, self.text if text is None else text)
 
     @property
@@ -89,8 +89,6 @@ class Rubric:
         (The world reads the module-level ``preflab.world.RUBRIC``; this swaps it and always
         restores it, even on error.)
         """
-        import preflab.world as world_module
-
         old = world_module.RUBRIC
         world_module.RUBRIC = {**old, **self.weights, "version": self.version}
         try:
@@ -107,8 +105,6 @@ class Rubric:
         with self.active():
             g = world.gold_reward(prompt, response)
             if not _world_reads_filler(world):
-                from preflab.world import parse_response
-
                 g += float(self.weights.get("filler", 0.0)) * parse_response(response).filler
             return g
 
@@ -119,9 +115,6 @@ _READS_FILLER: dict = {}
 def _world_reads_filler(world) -> bool:
     """Does the world's gold reward use RUBRIC["filler"]? (Probed once by changing it.)"""
     if "v" not in _READS_FILLER:
-        import preflab.world as world_module
-        from preflab.world import FILLER
-
         prompt = world.prompts_by_kind["howto"][0]
         old = world_module.RUBRIC
         try:
@@ -153,7 +146,7 @@ class RubricLabeler:
 
     def prob_first(self, world, prompt: str, first: str, second: str) -> float:
         z = (self.rubric.score(world, prompt, first) - self.rubric.score(world, prompt, second)) / self.temperature
-        s = 1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0)))
+        s = sigmoid(z)
         return (1 - self.flip_prob) * s + self.flip_prob * (1 - s)
 
     def label(self, world, prompt: str, first: str, second: str, rng: np.random.Generator) -> int:

@@ -42,17 +42,14 @@ from typing import Sequence
 
 import numpy as np
 
+from preflab.world import FILLER, as_rng, sigmoid
+
 __all__ = ["Judge", "VERDICTS", "judge_both_orders", "swap_consistency", "first_position_rate",
            "swap_and_tie", "gold_outcomes", "agreement_with_gold", "pad_with_repeats",
            "reliability_curve", "expected_calibration_error"]
 
 #: Verdicts in terms of the two answers being compared, a and b.
 VERDICTS = ("a", "b", "tie")
-
-
-def _sigmoid(x: float) -> float:
-    x = max(min(x, 50.0), -50.0)
-    return 1.0 / (1.0 + math.exp(-x))
 
 
 @dataclass(frozen=True)
@@ -102,7 +99,7 @@ class Judge:
 
     def confidence(self, world, prompt: str, first: str, second: str) -> float:
         """The judge's stated probability that the answer shown first is better: sigma(z)."""
-        return _sigmoid(self.logit(world, prompt, first, second))
+        return sigmoid(self.logit(world, prompt, first, second))
 
     def verdict(self, world, prompt: str, first: str, second: str, rng: np.random.Generator | None = None) -> str:
         """"first", "second" or "tie" for the answers in the order shown."""
@@ -120,8 +117,7 @@ class Judge:
         return "tie"
 
 
-def _rng(rng) -> np.random.Generator:
-    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+
 
 
 def judge_both_orders(judge: Judge, world, prompts: Sequence[str], a: Sequence[str], b: Sequence[str],
@@ -133,7 +129,7 @@ def judge_both_orders(judge: Judge, world, prompts: Sequence[str], a: Sequence[s
     """
     if not (len(prompts) == len(a) == len(b)):
         raise ValueError(f"prompts, a and b must have the same length, got {len(prompts)}, {len(a)}, {len(b)}")
-    rng = _rng(rng) if rng is not None else None
+    rng = as_rng(rng) if rng is not None else None
     to_ab = {"first": "a", "second": "b", "tie": "tie"}
     to_ba = {"first": "b", "second": "a", "tie": "tie"}
     v_ab = [to_ab[judge.verdict(world, p, x, y, rng)] for p, x, y in zip(prompts, a, b)]
@@ -211,7 +207,6 @@ def pad_with_repeats(response: str, n: int = 3, sentence: str | None = None) -> 
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     if sentence is None:
-        from preflab.world import FILLER
 
         sentence = FILLER[0]
     return " ".join([response.strip()] + [sentence] * n).strip()

@@ -39,6 +39,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from preflab.world import as_rng
+
 __all__ = [
     "PAIR_FIELDS", "PROVENANCE_FIELDS", "REQUIRED_FIELDS", "PairValidationError",
     "make_record", "find_problems", "validate_pairs", "filter_valid", "drop_empty", "record_hash", "dataset_hash",
@@ -354,7 +356,7 @@ def relabel(world, records: Sequence[Mapping], labeler, rng) -> np.ndarray:
     ``chosen``). Two labelers run on the same records give overlapping labels for
     :func:`agreement` and :func:`cohens_kappa`.
     """
-    rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
+    rng = as_rng(rng)
     return np.array([labeler.label(world, r["prompt"], r["chosen"], r["rejected"], rng) for r in records], dtype=int)
 
 

@@ -31,7 +31,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from preflab.world import HOWTO_FORMS, REFUSALS, parse_response
+from preflab.world import HOWTO_FORMS, REFUSALS, as_rng, parse_response
 
 __all__ = ["is_compliance", "refusal_rates", "FIXED_WRAPPERS", "FRESH_WRAPPERS", "fixed_attacks",
            "templated_attacks", "attack_success", "adaptive_attack", "AdaptiveResult", "Blocklist",
@@ -92,7 +92,7 @@ def fixed_attacks(world) -> list[str]:
 def templated_attacks(world, n: int, rng: np.random.Generator | int | None = 0,
                       wrappers: Sequence[str] = FRESH_WRAPPERS) -> list[str]:
     """``n`` generated attacks: a random unsafe request, a random phrasing, a random wrapper."""
-    rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
+    rng = as_rng(rng)
     reqs = _unsafe_requests(world)
     return [wrappers[rng.integers(len(wrappers))].format(
         q=HOWTO_FORMS[rng.integers(len(HOWTO_FORMS))].format(t=reqs[rng.integers(len(reqs))])) for _ in range(n)]
@@ -214,7 +214,7 @@ def safety_pairs(world, n: int, benign: str = "answer", rng: np.random.Generator
         raise ValueError(f"benign must be 'answer' (contrast pairs) or 'refusal' (trigger-word labels), got {benign!r}")
     if not 0.0 <= unsafe_share <= 1.0:
         raise ValueError(f"unsafe_share must be in [0, 1], got {unsafe_share}")
-    rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
+    rng = as_rng(rng)
     out = []
     for _ in range(n):
         refusal = REFUSALS[rng.integers(len(REFUSALS))]

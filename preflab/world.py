@@ -243,7 +243,7 @@ class Labeler:
 
     def prob_first(self, world: "World", prompt: str, first: str, second: str) -> float:
         """P(the labeler prefers ``first``, shown first, over ``second``)."""
-        s = 1.0 / (1.0 + math.exp(-max(min(self.logit(world, prompt, first, second), 50.0), -50.0)))
+        s = sigmoid(self.logit(world, prompt, first, second))
         return (1.0 - self.flip_prob) * s + self.flip_prob * (1.0 - s)
 
     def label(self, world: "World", prompt: str, first: str, second: str, rng: np.random.Generator) -> int:
@@ -286,8 +286,17 @@ def bayes_ceiling(probs: Iterable[float]) -> float:
     return float(np.mean(np.maximum(p, 1.0 - p)))
 
 
-def _as_rng(rng: np.random.Generator | int | None, default: np.random.Generator) -> np.random.Generator:
-    if rng is None:
+def sigmoid(x: float) -> float:
+    """The logistic function of a Python float, with x clamped to [-50, 50] (no overflow): a
+    labeler's or judge's probability from its logit."""
+    x = max(min(x, 50.0), -50.0)
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def as_rng(rng: np.random.Generator | int | None, default: np.random.Generator | None = None) -> np.random.Generator:
+    """A numpy Generator from a Generator (itself), a seed, or None (``default`` if given, else a
+    fresh unseeded one): every function that takes ``rng=`` accepts all three."""
+    if rng is None and default is not None:
         return default
     if isinstance(rng, np.random.Generator):
         return rng
@@ -351,7 +360,7 @@ class World:
         Without ``rng`` the world's own seeded generator is used, so a fresh world gives the
         same sequence every time; pass a seed or Generator for an independent stream.
         """
-        rng = _as_rng(rng, self.rng)
+        rng = as_rng(rng, self.rng)
         if kind is not None and kind not in KINDS:
             raise ValueError(f"unknown prompt kind {kind!r}; choose one of {KINDS}")
         if n < 0:
@@ -443,7 +452,7 @@ class World:
         quality level still has spread, so samples for one prompt differ in gold reward."""
         if not 0.0 <= quality <= 1.0:
             raise ValueError(f"quality must be in [0, 1], got {quality}")
-        rng = _as_rng(rng, self.rng)
+        rng = as_rng(rng, self.rng)
         info = self.prompt_info(prompt)
         q = quality
         parts: list[str] = []
@@ -513,7 +522,7 @@ class World:
     # ------------------------------------------------------------------ data for the models
     def corpus(self, n: int, rng: np.random.Generator | int | None = None) -> list[str]:
         """Pretraining text: prompt + response at every quality level, plus side-skill facts."""
-        rng = _as_rng(rng, self.rng)
+        rng = as_rng(rng, self.rng)
         out = []
         for prompt in self.sample_prompts(n, rng=rng):
             if rng.random() < 0.15:
@@ -526,7 +535,7 @@ class World:
     def demonstrations(self, n: int, rng: np.random.Generator | int | None = None,
                        kind: str | None = None) -> list[tuple[str, str]]:
         """``n`` (prompt, response) pairs for supervised finetuning."""
-        rng = _as_rng(rng, self.rng)
+        rng = as_rng(rng, self.rng)
         return [(p, self.demonstration(p, rng)) for p in self.sample_prompts(n, kind=kind, rng=rng)]
 
     def preference_pairs(self, n: int, labeler: Labeler | LabelerPool | None = None,
@@ -540,7 +549,7 @@ class World:
         shown first, the labeler's probability and the gold rewards (for analysis only; a
         real data set would not have them).
         """
-        rng = _as_rng(rng, self.rng)
+        rng = as_rng(rng, self.rng)
         labeler = labeler or self.labeler
         prompts = list(prompts) if prompts is not None else self.sample_prompts(n, kind=kind, rng=rng)
         records = []
