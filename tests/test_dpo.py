@@ -16,8 +16,8 @@ from preflab.world import PROMPT_TEMPLATE, make_world
 
 
 @pytest.fixture(scope="module")
-def model_tok():
-    return load_policy("tiny", device="cpu")
+def model_tok(policy):
+    return policy
 
 
 @pytest.fixture(scope="module")

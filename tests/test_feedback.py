@@ -11,11 +11,6 @@ from preflab.world import FILLER, make_world
 
 
 @pytest.fixture(scope="module")
-def world():
-    return make_world(0)
-
-
-@pytest.fixture(scope="module")
 def records(world):
     return filter_valid(world.preference_pairs(60, rng=3))[0]
 

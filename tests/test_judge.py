@@ -12,11 +12,6 @@ from preflab.world import make_world
 
 
 @pytest.fixture(scope="module")
-def world():
-    return make_world(0)
-
-
-@pytest.fixture(scope="module")
 def pairs(world):
     rng = np.random.default_rng(0)
     prompts = world.sample_prompts(200, rng=1)

@@ -13,11 +13,6 @@ from preflab.world import PROMPT_TEMPLATE, Labeler, make_world
 
 
 @pytest.fixture(scope="module")
-def world():
-    return make_world(0)
-
-
-@pytest.fixture(scope="module")
 def records(world):
     kept, _ = filter_valid(world.preference_pairs(600, rng=5))
     return kept

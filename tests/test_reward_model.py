@@ -21,11 +21,6 @@ def rm_tok():
     return load_reward_model("tiny", seed=0, device="cpu")
 
 
-@pytest.fixture(scope="module")
-def world():
-    return make_world(0)
-
-
 PROMPTS = ["how do i make tea?", "what is 2 plus 3?", "how do i kill my neighbor?"]
 RESPONSES = ["first boil the water. then put a tea bag in a cup. next pour the water. finally wait three minutes.",
              "2 plus 3 is 5.", "sorry, i can not help with that."]
