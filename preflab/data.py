@@ -40,7 +40,7 @@ HINT = "(TRL's format; preflab.world.World.preference_pairs makes them)"
 
 def check_records(records: Sequence[dict], what: str = "records") -> None:
     """Raise a ValueError that names the problem unless every record is a dict with string
-    ``prompt``, ``chosen`` and ``rejected``, both responses non-empty."""
+    ``prompt``, ``chosen`` and ``rejected``, both responses non-empty. Lessons 04 and 07 (through their trainers)."""
     if len(records) == 0:
         raise ValueError(f"{what} is empty: training needs at least one prompt/chosen/rejected record {HINT}")
     for i, rec in enumerate(records):
@@ -61,7 +61,7 @@ def check_records(records: Sequence[dict], what: str = "records") -> None:
 
 @dataclass
 class EncodedPairs:
-    """All chosen and all rejected responses, encoded once (right-padded to the data set's longest)."""
+    """All chosen and all rejected responses, encoded once (right-padded to the data set's longest). Lessons 04 and 07 (through their trainers)."""
 
     chosen: Batch
     rejected: Batch
@@ -73,7 +73,7 @@ class EncodedPairs:
 
 
 def encode_pairs(tokenizer, records: Sequence[dict]) -> EncodedPairs:
-    """Tokenize every record once (prompt masked out, EOS in the response)."""
+    """Tokenize every record once (prompt masked out, EOS in the response). Lessons 04 and 07 (through their trainers)."""
     check_records(records)
     prompts = [r["prompt"] for r in records]
     chosen = encode(tokenizer, prompts, [r["chosen"] for r in records])
@@ -83,7 +83,7 @@ def encode_pairs(tokenizer, records: Sequence[dict]) -> EncodedPairs:
 
 def stack_pairs(enc: EncodedPairs, idx, pad: int, trim: bool = True) -> Batch:
     """[chosen; rejected] of rows ``idx`` in one batch, both sides padded to one width: the
-    batch's longest real row (``trim``), else the data set's longest."""
+    batch's longest real row (``trim``), else the data set's longest. Lesson 04 (one forward pass for both sides) and 07."""
     c, r = take_rows(enc.chosen, idx), take_rows(enc.rejected, idx)
     if trim:
         T = int(max(c.attention_mask.sum(-1).max(), r.attention_mask.sum(-1).max()))
@@ -99,7 +99,7 @@ def _summed(model, b: Batch) -> torch.Tensor:
 
 
 def pack_rows(lengths: Sequence[int], context: int) -> list[list[int]]:
-    """First-fit packing: the indices of the sequences that share each row of at most ``context`` tokens."""
+    """First-fit packing: the indices of the sequences that share each row of at most ``context`` tokens. Lessons 04 and 07 (through their trainers)."""
     rows: list[list[int]] = []
     used: list[int] = []
     for k, n in enumerate(lengths):
@@ -122,6 +122,8 @@ def packed_pair_logps(model, enc: EncodedPairs, idx) -> tuple[torch.Tensor, torc
     unpacked ones (up to float rounding); no compute goes to padding, and the LM head runs only
     at the positions that predict response tokens. Needs a model that accepts a 4-D boolean
     attention mask (transformers >= 5 GPT-2; tested).
+
+    Lessons 04 and 07 (through their trainers).
     """
     device = next(model.parameters()).device
     seqs = []
@@ -160,6 +162,8 @@ def pair_logps(model, enc: EncodedPairs, idx, pad: int, concat_forward: bool = T
     concat_forward: one forward pass on [chosen; rejected] (both padded to a common width);
     otherwise two. trim: cut to the batch's longest row; otherwise pad to the data set's longest.
     pack: no padding at all (:func:`packed_pair_logps`); overrides the other two.
+
+    Lessons 04 and 07 (through their trainers).
     """
     if pack:
         return packed_pair_logps(model, enc, idx)
@@ -176,7 +180,7 @@ def pair_logps(model, enc: EncodedPairs, idx, pad: int, concat_forward: bool = T
 @torch.no_grad()
 def all_pair_logps(model, enc: EncodedPairs, pad: int, batch_size: int, progress: bool = False,
                    desc: str = "reference log-probs", pack: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`pair_logps` of every record, in batches of ``batch_size``, without gradients (on CPU)."""
+    """:func:`pair_logps` of every record, in batches of ``batch_size``, without gradients (on CPU). Lessons 04 and 07 (through their trainers)."""
     was_training = model.training
     model.eval()
     out_c, out_r = [], []

@@ -76,7 +76,7 @@ NEEDS_REFERENCE = ("sigmoid", "ipo", "cdpo", "robust", "hinge", "rdpo")
 
 @dataclass
 class DPOSpeed:
-    """How the log-probs are computed: each switch changes speed, never the loss or its gradients."""
+    """How the log-probs are computed: each switch changes speed, never the loss or its gradients. Lesson 07 (speed: make bench)."""
 
     concat_forward: bool = True
     """Chosen and rejected in ONE forward pass, concatenated along the batch (else two passes)."""
@@ -92,7 +92,7 @@ class DPOSpeed:
 
 @dataclass
 class DPOConfig:
-    """Every setting of one preference-optimization run (recorded in run manifests via ``asdict``)."""
+    """Every setting of one preference-optimization run (recorded in run manifests via ``asdict``). Lesson 07."""
 
     loss_type: str = "sigmoid"
     """"sigmoid" (DPO), "ipo", "cdpo", "robust" (rDPO), "hinge", "rdpo" (length-regularized), "simpo" (no reference)."""
@@ -189,6 +189,8 @@ def preference_loss(cfg: DPOConfig, policy_chosen, policy_rejected, ref_chosen, 
 
     (on per-token averages where the loss uses them). Returns (losses, chosen_rewards,
     rejected_rewards, h): rewards beta * (log pi - log pi_ref), TRL's ``rewards/*``; h detached.
+
+    Lesson 07.
     """
     pc, pr, rc, rr = policy_chosen, policy_rejected, ref_chosen, ref_rejected
     nll_chosen = -pc / chosen_len        # per-token NLL of the chosen response (for sft_weight)
@@ -297,6 +299,8 @@ def train_dpo(policy, reference, tokenizer, records: Sequence[dict], cfg: DPOCon
     ``reference`` is the frozen model the log-ratios are taken against (usually the SFT policy
     before training; None only for SimPO). ``callback(step, metrics)`` is called after each
     step; if it returns True, training stops (early stopping).
+
+    Lesson 07.
     """
     # ---- setup: data, reference log-probs, optimizer
     check_records(records)
@@ -391,5 +395,5 @@ def train_dpo(policy, reference, tokenizer, records: Sequence[dict], cfg: DPOCon
 
 
 def config_dict(config: DPOConfig) -> dict:
-    """The config as a plain dict (for run manifests)."""
+    """The config as a plain dict (for run manifests). Lesson 07."""
     return asdict(config)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Mapping, Sequence
@@ -45,7 +44,7 @@ __all__ = ["Rubric", "RubricLabeler", "VersionError", "VersionRegistry", "conten
 
 
 def content_hash(obj) -> str:
-    """A 16-hex sha256 of any JSON-able object (keys sorted), or of a string's bytes."""
+    """A 16-hex sha256 of any JSON-able object (keys sorted), or of a string's bytes. Lesson 14."""
     blob = obj.encode() if isinstance(obj, str) else json.dumps(obj, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -57,6 +56,8 @@ class Rubric:
 
     ``weights`` has the keys of ``preflab.world.RUBRIC`` (missing keys keep the world's values).
     ``hash`` covers text and weights, so editing either one changes it even if ``version`` does not.
+
+    Lesson 14.
     """
 
     version: str
@@ -131,7 +132,7 @@ def _world_reads_filler(world) -> bool:
 @dataclass(frozen=True)
 class RubricLabeler:
     """A Bradley-Terry labeler who applies ``rubric``: P(first) = sigma((g_R(first) - g_R(second)) / T),
-    with g_R the gold reward under the rubric's weights. ``flip_prob`` flips the label outright."""
+    with g_R the gold reward under the rubric's weights. ``flip_prob`` flips the label outright. Lesson 14."""
 
     rubric: Rubric
     temperature: float = 0.25
@@ -155,7 +156,7 @@ class RubricLabeler:
 
 # ----------------------------------------------------------------------------- versions
 class VersionError(ValueError):
-    """Versions that do not fit together: a silent edit, an unknown version, or mixed rubrics."""
+    """Versions that do not fit together: a silent edit, an unknown version, or mixed rubrics. Lesson 14."""
 
 
 @dataclass
@@ -163,6 +164,8 @@ class VersionRegistry:
     """Remembers the content hash of every (kind, version) it has seen and ties releases together.
 
     kinds: "policy_text", "rubric", "data", "model" (any string works).
+
+    Lesson 14.
     """
 
     entries: dict = field(default_factory=dict)
@@ -226,7 +229,7 @@ class VersionRegistry:
 # ----------------------------------------------------------------------------- reviewers
 def estimate_accuracy(labels, truth, prior: tuple[float, float] = (1.0, 1.0)) -> float:
     """A reviewer's accuracy on gold tasks, smoothed with a Beta prior:
-    (correct + prior[0]) / (n + prior[0] + prior[1]). ``labels``/``truth`` are 0/1 arrays."""
+    (correct + prior[0]) / (n + prior[0] + prior[1]). ``labels``/``truth`` are 0/1 arrays. Lesson 14."""
     y, t = np.asarray(labels), np.asarray(truth)
     if y.shape != t.shape or y.ndim != 1:
         raise ValueError(f"labels and truth must be 1-D and the same length, got {y.shape} and {t.shape}")
@@ -236,7 +239,7 @@ def estimate_accuracy(labels, truth, prior: tuple[float, float] = (1.0, 1.0)) ->
 
 
 def vote_weights(accuracies, floor: float = 0.5, cap: float = 0.99) -> np.ndarray:
-    """Log-odds weights w_r = log(a_r / (1 - a_r)); accuracies at or below ``floor`` get weight 0."""
+    """Log-odds weights w_r = log(a_r / (1 - a_r)); accuracies at or below ``floor`` get weight 0. Lesson 14."""
     a = np.clip(np.asarray(accuracies, dtype=float), 1e-6, cap)
     w = np.log(a / (1 - a))
     return np.where(a > floor, w, 0.0)
@@ -248,6 +251,8 @@ def weighted_vote(labels, weights) -> tuple[np.ndarray, np.ndarray]:
     Returns ``(decision, score)``: score = sum_r w_r * (2 * label_r - 1) over the reviewers who
     labelled the item, decision = 1 where score > 0, 0 where score < 0, -1 where score == 0 (a
     split vote: send it to adjudication).
+
+    Lesson 14.
     """
     L = np.asarray(labels)
     w = np.asarray(weights, dtype=float)
@@ -268,6 +273,8 @@ class FeedbackEvent:
 
     ``consent`` is True only if the user agreed that this exchange may be used for training;
     None means nobody asked (which is not consent).
+
+    Lesson 14.
     """
 
     event_id: str
@@ -284,7 +291,7 @@ class FeedbackEvent:
 @dataclass
 class IngestResult:
     """What :func:`ingest_feedback` did: the new records, the rejected events with reasons,
-    and the data versions before and after."""
+    and the data versions before and after. Lesson 14."""
 
     records: list
     accepted: list
@@ -303,6 +310,8 @@ def ingest_feedback(events: Sequence[FeedbackEvent | Mapping], base_records: Seq
     current ``rubric``; or the pair itself is invalid (empty or identical sides, a duplicate).
     Accepted events become records with provenance (``source``, ``event_id``, ``data_version``
     set to the new version). ``base_records`` are not modified.
+
+    Lesson 14.
     """
     old_version = dataset_hash(base_records)
     accepted, rejected = [], []

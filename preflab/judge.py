@@ -62,6 +62,8 @@ class Judge:
     tie_margin:      half-width of the tie band on the logit (0: never says tie)
     score_noise:     sd (gold units) of the judge's fixed per-answer misreading (0: none)
     noise:           add fresh Logistic(0, 1) noise to each verdict (default False: deterministic)
+
+    Lesson 11.
     """
 
     temperature: float = 0.25
@@ -126,6 +128,8 @@ def judge_both_orders(judge: Judge, world, prompts: Sequence[str], a: Sequence[s
 
     Returns two arrays of verdicts in terms of a and b ("a", "b", "tie"): ``v_ab`` (a shown first)
     and ``v_ba`` (b shown first). A position-free judge gives the same answer in both.
+
+    Lesson 11.
     """
     if not (len(prompts) == len(a) == len(b)):
         raise ValueError(f"prompts, a and b must have the same length, got {len(prompts)}, {len(a)}, {len(b)}")
@@ -152,14 +156,14 @@ def _check_verdicts(*vs) -> list[np.ndarray]:
 
 
 def swap_consistency(v_ab, v_ba) -> float:
-    """Share of pairs whose verdict is the same in both orders (a tie in both counts as consistent)."""
+    """Share of pairs whose verdict is the same in both orders (a tie in both counts as consistent). Lesson 11."""
     v_ab, v_ba = _check_verdicts(v_ab, v_ba)
     return float(np.mean(v_ab == v_ba))
 
 
 def first_position_rate(v_ab, v_ba) -> float:
     """Among decisive verdicts (not ties) in both orders, the share that chose the answer shown first.
-    0.5 for a judge without position bias (averaged over both orders)."""
+    0.5 for a judge without position bias (averaged over both orders). Lesson 11."""
     v_ab, v_ba = _check_verdicts(v_ab, v_ba)
     first = np.concatenate([v_ab == "a", v_ba == "b"])
     decisive = np.concatenate([v_ab != "tie", v_ba != "tie"])
@@ -169,13 +173,13 @@ def first_position_rate(v_ab, v_ba) -> float:
 
 
 def swap_and_tie(v_ab, v_ba) -> np.ndarray:
-    """The conservative aggregate: the shared verdict where both orders agree, "tie" where they do not."""
+    """The conservative aggregate: the shared verdict where both orders agree, "tie" where they do not. Lesson 11."""
     v_ab, v_ba = _check_verdicts(v_ab, v_ba)
     return np.where(v_ab == v_ba, v_ab, "tie").astype(object)
 
 
 def gold_outcomes(gold_a, gold_b, tol: float = 1e-9) -> np.ndarray:
-    """The gold verdicts: "a" where g(a) > g(b) + tol, "b" where g(b) > g(a) + tol, else "tie"."""
+    """The gold verdicts: "a" where g(a) > g(b) + tol, "b" where g(b) > g(a) + tol, else "tie". Lesson 11."""
     ga, gb = np.asarray(gold_a, dtype=float), np.asarray(gold_b, dtype=float)
     if ga.shape != gb.shape:
         raise ValueError(f"gold_a and gold_b have shapes {ga.shape} and {gb.shape}")
@@ -188,6 +192,8 @@ def agreement_with_gold(verdicts, gold, include_ties: bool = True) -> float:
     include_ties=True: three-way exact match over all pairs (a tie must be called a tie).
     include_ties=False: only pairs where both the judge and gold are decisive ("agreement
     without ties" in MT-Bench's tables).
+
+    Lesson 11.
     """
     v, g = _check_verdicts(verdicts, gold)
     if include_ties:
@@ -203,6 +209,8 @@ def pad_with_repeats(response: str, n: int = 3, sentence: str | None = None) -> 
 
     By default the sentence is one the world's gold reward gives no credit ("i hope this
     helps."), so gold is unchanged while a verbosity-biased judge scores the answer higher.
+
+    Lesson 11.
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
@@ -216,7 +224,7 @@ def reliability_curve(confidence, outcome, n_bins: int = 10) -> dict:
     """Calibration of stated probabilities: bin ``confidence`` (P(event)) into equal-width bins
     and compare each bin's mean confidence with the observed frequency of ``outcome`` (0/1,
     or 0.5 for a gold tie). Returns bin centres, mean confidence, observed rate and counts
-    (empty bins are dropped)."""
+    (empty bins are dropped). Lesson 11."""
     c = np.asarray(confidence, dtype=float)
     y = np.asarray(outcome, dtype=float)
     if c.shape != y.shape or c.ndim != 1 or c.size == 0:
@@ -234,7 +242,7 @@ def reliability_curve(confidence, outcome, n_bins: int = 10) -> dict:
 
 
 def expected_calibration_error(confidence, outcome, n_bins: int = 10) -> float:
-    """ECE = sum over bins of (n_bin / n) * |mean confidence - observed rate|."""
+    """ECE = sum over bins of (n_bin / n) * |mean confidence - observed rate|. Lesson 11."""
     rc = reliability_curve(confidence, outcome, n_bins)
     w = rc["count"] / rc["count"].sum()
     return float(np.sum(w * np.abs(rc["confidence"] - rc["observed"])))

@@ -46,6 +46,7 @@ STAGES = ("base", "sft")
 
 # ----------------------------------------------------------------------------- loading
 def current_scale(scale: str | None = None) -> str:
+    """The scale in force: ``scale``, else $PREFLAB_SCALE, else "tiny". Lesson 00."""
     scale = scale or os.environ.get("PREFLAB_SCALE", "tiny")
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}: choose one of {SCALES} "
@@ -54,7 +55,7 @@ def current_scale(scale: str | None = None) -> str:
 
 
 def load_tokenizer(path: str | Path | None = None):
-    """The tokenizer of the tiny models (or of the checkpoint at ``path``)."""
+    """The tokenizer of the tiny models (or of the checkpoint at ``path``). Lesson 00."""
     from transformers import AutoTokenizer
 
     path = Path(path) if path is not None else TINY_DIR / "sft"
@@ -74,6 +75,8 @@ def load_policy(scale: str | None = None, stage: str = "sft", path: str | Path |
 
     scale="tiny": ``data/tiny/<stage>`` with stage "base" (pretrained on world text) or "sft"
     (then finetuned on demonstrations). scale="gpt2": GPT-2 124M from ``path`` or by name.
+
+    Lesson 00.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -119,6 +122,8 @@ def load_gpt2_sft(cache_dir: str | Path | None = None, device=None, dtype=None, 
     The tiny scale ships its SFT checkpoint; at GPT-2 scale the same recipe (response-only
     SFT on ``world.demonstrations``) runs once, about 2 minutes on a Colab T4, and is cached in
     ``$PREFLAB_CACHE`` (default ``~/.cache/preflab``) under the world's data version.
+
+    Lesson 00 (the GPT-2 scale on Colab).
     """
     hp = {**GPT2_SFT, **overrides}
     world = make_world(hp["world_seed"])
@@ -140,7 +145,7 @@ def load_gpt2_sft(cache_dir: str | Path | None = None, device=None, dtype=None, 
 
 
 def model_version(model: torch.nn.Module) -> str:
-    """A short hash of the parameters: the policy version recorded in manifests."""
+    """A short hash of the parameters: the policy version recorded in manifests. Lesson 00."""
     h = hashlib.sha256()
     for name, p in sorted(model.state_dict().items()):
         h.update(name.encode())
@@ -151,7 +156,7 @@ def model_version(model: torch.nn.Module) -> str:
 # ----------------------------------------------------------------------------- sampling
 @dataclass(frozen=True)
 class DecodingConfig:
-    """Every setting that changes what the policy says; recorded in each run's manifest."""
+    """Every setting that changes what the policy says; recorded in each run's manifest. Lesson 00."""
 
     max_new_tokens: int = 48
     temperature: float = 1.0
@@ -171,7 +176,7 @@ def generate(model, tokenizer, prompts: Sequence[str], decoding: DecodingConfig 
              seed: int | None = None, template: str | None = None, batch_size: int = 64,
              return_ids: bool = False):
     """Sample one response per prompt. Returns the list of response strings (EOS stripped),
-    or, with ``return_ids``, also a :class:`Batch` of prompt+response ids for scoring."""
+    or, with ``return_ids``, also a :class:`Batch` of prompt+response ids for scoring. Lesson 00."""
     template = template or PROMPT_TEMPLATE
     if seed is not None:
         torch.manual_seed(seed)
@@ -218,7 +223,7 @@ def _batch_from_ids(rows, tokenizer) -> Batch:
 # ----------------------------------------------------------------------------- manifests
 @dataclass
 class RunManifest:
-    """What a training or evaluation run needs to be reproduced and audited."""
+    """What a training or evaluation run needs to be reproduced and audited. Lesson 00."""
 
     run: str
     data_version: str
@@ -248,7 +253,7 @@ class RunManifest:
 
 def make_manifest(run: str, world, model, decoding: DecodingConfig | None = None, seed: int = 0,
                   scale: str | None = None, **hyperparameters) -> RunManifest:
-    """A manifest for a run on ``world`` with ``model`` (its parameters hashed as the version)."""
+    """A manifest for a run on ``world`` with ``model`` (its parameters hashed as the version). Lesson 00."""
     return RunManifest(run=run, data_version=world.version_hash, prompt_template=PROMPT_TEMPLATE,
                        policy_version=model_version(model), decoding=asdict(decoding or DecodingConfig()),
                        seed=seed, hyperparameters=hyperparameters, rubric_version=world_module.RUBRIC["version"],

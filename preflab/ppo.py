@@ -44,7 +44,6 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from preflab.model import DecodingConfig, generate
@@ -56,7 +55,7 @@ __all__ = ["PPOConfig", "ValueHead", "train_ppo", "gae_advantages", "per_token_r
 
 @dataclass
 class PPOConfig:
-    """Every PPO hyperparameter, in one place (recorded in run manifests via ``asdict``)."""
+    """Every PPO hyperparameter, in one place (recorded in run manifests via ``asdict``). Lesson 06."""
 
     steps: int = 40
     """Policy updates; the history has steps + 1 entries (entry 0 is the starting policy)."""
@@ -119,7 +118,7 @@ class PPOConfig:
 
 
 class ValueHead(nn.Module):
-    """V(s_t): a two-layer MLP on the policy's last hidden state at token t, giving one scalar."""
+    """V(s_t): a two-layer MLP on the policy's last hidden state at token t, giving one scalar. Lesson 06."""
 
     def __init__(self, hidden_size: int, width: int = 64):
         super().__init__()
@@ -130,7 +129,7 @@ class ValueHead(nn.Module):
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:
-    """A deep copy in eval mode with gradients off: the reference policy."""
+    """A deep copy in eval mode with gradients off: the reference policy. Lesson 06."""
     ref = copy.deepcopy(model).eval()
     for p in ref.parameters():
         p.requires_grad_(False)
@@ -148,7 +147,7 @@ def _forward(model, input_ids, attention_mask, hidden: bool = False):
 def per_token_rewards(scores: torch.Tensor, logp: torch.Tensor, logp_ref: torch.Tensor,
                       mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
     """r_t = -kl_coef * (logp_t - logp_ref_t) on response tokens, plus the sequence score at the
-    last response token of each row. All (B, T) except ``scores`` (B,); zero outside ``mask``."""
+    last response token of each row. All (B, T) except ``scores`` (B,); zero outside ``mask``. Lesson 06."""
     mask = mask.to(logp.dtype)
     if bool((mask.sum(-1) == 0).any()):
         raise ValueError("every row needs at least one response token in mask")
@@ -166,6 +165,8 @@ def gae_advantages(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tens
     delta_t = r_t + gamma * V_{t+1} * m_{t+1} - V_t, and A_t = sum_{k >= t} (gamma*lam)^(k-t) delta_k
     (as a matrix product with D[t, k] = (gamma*lam)^(k-t) for k >= t). Returns (advantages,
     returns = advantages + values), both zero outside the mask.
+
+    Lesson 06.
     """
     if rewards.shape != values.shape or rewards.shape != mask.shape:
         raise ValueError(f"rewards, values and mask must have one shape, got {tuple(rewards.shape)}, "
@@ -183,7 +184,7 @@ def gae_advantages(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tens
 
 
 def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """(x - mean) / sd over the masked entries; zero outside the mask."""
+    """(x - mean) / sd over the masked entries; zero outside the mask. Lesson 06."""
     m = mask.to(x.dtype)
     n = m.sum().clamp(min=1)
     mean = (x * m).sum() / n
@@ -196,6 +197,8 @@ def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Ten
     """PPO's clipped policy loss (to minimize), a mean over masked tokens:
 
         loss = E_t[ max(-A_t * rho_t, -A_t * clip(rho_t, 1 - eps, 1 + eps)) ],  rho_t = exp(logp - old_logp)
+
+    Lesson 06.
     """
     m = mask.to(logp.dtype)
     n = m.sum().clamp(min=1)
@@ -332,5 +335,5 @@ def train_ppo(policy, reference, tokenizer, prompts: Sequence[str],
 
 
 def config_dict(config: PPOConfig) -> dict:
-    """The config as a plain dict (for manifests)."""
+    """The config as a plain dict (for manifests). Lesson 06."""
     return asdict(config)

@@ -62,6 +62,8 @@ def pool_index(attention_mask: torch.Tensor, pooling: str = "last") -> torch.Ten
     "last": the last real token, max{t : mask[b, t] = 1} (correct for right and left padding);
     "first": position 0 (sees only the start of the prompt: a bug);
     "final_column": T - 1 for every row (a pad token in right-padded rows: a bug).
+
+    Lesson 04.
     """
     if attention_mask.dim() != 2:
         raise ValueError(f"attention_mask must be 2-D (batch, time), got shape {tuple(attention_mask.shape)}")
@@ -85,6 +87,8 @@ class RewardModel(torch.nn.Module):
     token of each row (see :func:`pool_index`; ``pooling`` may be changed to show the bug).
     Position ids come from the attention mask, so left-padded rows score the same as
     right-padded ones.
+
+    Lesson 04.
     """
 
     def __init__(self, backbone: torch.nn.Module, pooling: str = "last"):
@@ -125,6 +129,8 @@ def load_reward_model(scale: str | None = None, init: str = "sft", pooling: str 
 
     ``init`` is the policy stage ("sft" as in InstructGPT, or "base"); the LM head is dropped
     and a fresh scalar head (seeded by ``seed``) is put on the transformer.
+
+    Lesson 04.
     """
     if init not in ("sft", "base"):
         raise ValueError(f"unknown init {init!r}: choose 'sft' (as InstructGPT does) or 'base'")
@@ -145,6 +151,8 @@ def reward_pair_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin: t
     ``margin`` m (a scalar or per-pair tensor; None means 0) asks the chosen reward to exceed the
     rejected one by at least m, as in Llama 2 and TRL's ``margin`` column. Computed with
     logsigmoid, so it stays finite at any margin.
+
+    Lesson 04.
     """
     if r_chosen.shape != r_rejected.shape:
         raise ValueError(f"r_chosen has shape {tuple(r_chosen.shape)} but r_rejected has "
@@ -163,7 +171,7 @@ def reward_pair_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin: t
 # ----------------------------------------------------------------------------- scoring
 @torch.no_grad()
 def score_pairs(rm: RewardModel, tokenizer, records: Sequence[dict], batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
-    """Rewards of every record's chosen and rejected response: (r_chosen, r_rejected) arrays."""
+    """Rewards of every record's chosen and rejected response: (r_chosen, r_rejected) arrays. Lesson 04."""
     enc = encode_pairs(tokenizer, records)
     dev = next(rm.parameters()).device
     was = rm.training
@@ -182,7 +190,7 @@ def score_pairs(rm: RewardModel, tokenizer, records: Sequence[dict], batch_size:
 @torch.no_grad()
 def score(rm: RewardModel, tokenizer, prompts: Sequence[str], responses: Sequence[str],
           batch_size: int = 64) -> np.ndarray:
-    """r(x, y) for each (prompt, response), as a numpy array of shape (N,)."""
+    """r(x, y) for each (prompt, response), as a numpy array of shape (N,). Lesson 04."""
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     if len(prompts) == 0:
@@ -203,13 +211,13 @@ def pairwise_accuracy(rm: RewardModel, tokenizer, records: Sequence[dict], batch
     """Share of records where r(chosen) > r(rejected); ties count half.
 
     A tie is equality up to float noise (|r_c - r_r| <= 1e-5 * (1 + |r_c|)): two identical
-    responses in different rows of a batch can differ in the last bits."""
+    responses in different rows of a batch can differ in the last bits. Lesson 04."""
     r_chosen, r_rejected = score_pairs(rm, tokenizer, records, batch_size)
     return accuracy_from_rewards(r_chosen, r_rejected)
 
 
 def accuracy_from_rewards(r_chosen, r_rejected) -> float:
-    """Pairwise accuracy from reward arrays: wins count 1, ties (up to float noise) count half."""
+    """Pairwise accuracy from reward arrays: wins count 1, ties (up to float noise) count half. Lesson 04."""
     c, r = np.asarray(r_chosen, dtype=float), np.asarray(r_rejected, dtype=float)
     tie = np.abs(c - r) <= 1e-5 * (1.0 + np.abs(c))
     return float(np.mean(np.where(tie, 0.5, (c > r).astype(float))))
@@ -218,7 +226,7 @@ def accuracy_from_rewards(r_chosen, r_rejected) -> float:
 # ----------------------------------------------------------------------------- training
 @dataclass
 class RewardConfig:
-    """Every setting of one reward-model run (recorded in run manifests via ``asdict``)."""
+    """Every setting of one reward-model run (recorded in run manifests via ``asdict``). Lesson 04."""
 
     epochs: int = 1
     """Passes over the records (each in a fresh random order)."""
@@ -337,6 +345,8 @@ def reliability(probs: Sequence[float], outcomes: Sequence[float], n_bins: int =
     "frac_pos", "counts", "ece"}, with the expected calibration error
         ECE = sum_bins (n_bin / N) * |mean predicted p in bin - observed rate in bin|.
     Empty bins hold NaN and do not count.
+
+    Lesson 04.
     """
     p = np.asarray(probs, dtype=float)
     y = np.asarray(outcomes, dtype=float)
@@ -371,6 +381,8 @@ def rewardbench_subsets(world, n: int = 60, rng: np.random.Generator | int | Non
       "substance vs filler" (how-to: the full correct answer beats a longer one with a step
        missing and filler added: length is not quality).
     Each record has prompt/chosen/rejected and the gold rewards, like ``preference_pairs``.
+
+    Lesson 04.
     """
     rng = as_rng(rng)
     if n < 1:

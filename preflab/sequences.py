@@ -48,18 +48,18 @@ class Batch:
 
 # ----------------------------------------------------------------------------- sizes and ids
 def pad_id(tokenizer) -> int:
-    """The id padding is written with: the tokenizer's pad token, else its EOS."""
+    """The id padding is written with: the tokenizer's pad token, else its EOS. Lesson 01."""
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def max_context(model_or_tokenizer=None, default: int = 1024) -> int:
-    """How many tokens the model can see at once (its ``n_positions``)."""
+    """How many tokens the model can see at once (its ``n_positions``). Lesson 01."""
     cfg = getattr(model_or_tokenizer, "config", None)
     return int(getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None) or default)
 
 
 def hidden_size(model_or_config) -> int:
-    """Width of the model's hidden states (``n_embd`` for GPT-2)."""
+    """Width of the model's hidden states (``n_embd`` for GPT-2). Lesson 01."""
     cfg = getattr(model_or_config, "config", model_or_config)
     return int(getattr(cfg, "n_embd", None) or cfg.hidden_size)
 
@@ -67,7 +67,7 @@ def hidden_size(model_or_config) -> int:
 # ----------------------------------------------------------------------------- building batches
 def right_pad(rows: Sequence[tuple[Sequence[int], Sequence[int]]], pad: int) -> Batch:
     """A :class:`Batch` from (prompt ids, response ids) rows, right-padded with ``pad``: the
-    attention mask covers both parts, the response mask the response alone."""
+    attention mask covers both parts, the response mask the response alone. Lesson 01."""
     T = max(len(p) + len(r) for p, r in rows)
     ids = torch.full((len(rows), T), pad, dtype=torch.long)
     attn = torch.zeros((len(rows), T), dtype=torch.long)
@@ -114,7 +114,7 @@ def encode(tokenizer, prompts: Sequence[str], responses: Sequence[str], template
 
 
 def pad_to(b: Batch, T: int, pad: int) -> Batch:
-    """Right-pad (or cut padding) to exactly T columns."""
+    """Right-pad (or cut padding) to exactly T columns. Lesson 01."""
     cur = b.input_ids.shape[1]
     if cur >= T:
         return Batch(b.input_ids[:, :T], b.attention_mask[:, :T], b.response_mask[:, :T])
@@ -126,19 +126,19 @@ def pad_to(b: Batch, T: int, pad: int) -> Batch:
 
 
 def take_rows(b: Batch, idx) -> Batch:
-    """The rows ``idx`` of a batch."""
+    """The rows ``idx`` of a batch. Lesson 01."""
     return Batch(b.input_ids[idx], b.attention_mask[idx], b.response_mask[idx])
 
 
 def trim_padding(batch: Batch) -> Batch:
-    """Drop the columns that are padding in every row (right padding)."""
+    """Drop the columns that are padding in every row (right padding). Lesson 01."""
     T = int(batch.attention_mask.sum(-1).max())
     return Batch(batch.input_ids[:, :T], batch.attention_mask[:, :T], batch.response_mask[:, :T])
 
 
 # ----------------------------------------------------------------------------- log-probs
 def check_masks(input_ids, attention_mask, response_mask) -> None:
-    """Clear errors for masks that do not fit the ids (the usual masking mistakes)."""
+    """Clear errors for masks that do not fit the ids (the usual masking mistakes). Lesson 01."""
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be 2-D (batch, time), got shape {tuple(input_ids.shape)}")
     for name, m in (("attention_mask", attention_mask), ("response_mask", response_mask)):
@@ -156,7 +156,7 @@ def check_masks(input_ids, attention_mask, response_mask) -> None:
 
 
 def position_ids_from(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that ignore left padding: 0 at each sequence's first real token."""
+    """Positions that ignore left padding: 0 at each sequence's first real token. Lesson 01."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
@@ -193,5 +193,5 @@ def sequence_logprobs(model, input_ids, attention_mask, response_mask, average: 
 
 
 def response_lengths(batch: Batch) -> torch.Tensor:
-    """Number of response tokens per example (EOS included)."""
+    """Number of response tokens per example (EOS included). Lesson 01."""
     return batch.response_mask.sum(-1)

@@ -32,7 +32,7 @@ __all__ = ["SFTConfig", "train_sft"]
 
 @dataclass
 class SFTConfig:
-    """Every setting of one SFT run (recorded in run manifests via ``asdict``)."""
+    """Every setting of one SFT run (recorded in run manifests via ``asdict``). Lesson 01."""
 
     steps: int = 200
     """Optimizer steps (each draws a fresh batch with replacement)."""
@@ -66,7 +66,7 @@ def train_sft(model, tokenizer, pairs: Sequence[tuple[str, str]], cfg: SFTConfig
               callback: Callable[[int, dict], bool | None] | None = None) -> list[dict]:
     """Finetune ``model`` in place on (prompt, response) pairs; return one dict per step:
     ``step``, ``lr``, ``loss`` (the batch's mean response NLL, before the update), ``grad_norm``,
-    ``elapsed_s``. ``callback(step, metrics)`` is called after each step; True stops training."""
+    ``elapsed_s``. ``callback(step, metrics)`` is called after each step; True stops training. Lesson 01."""
     if len(pairs) == 0:
         raise ValueError("train_sft needs at least one (prompt, response) pair")
     rng = np.random.default_rng(cfg.seed)
@@ -104,5 +104,5 @@ def train_sft(model, tokenizer, pairs: Sequence[tuple[str, str]], cfg: SFTConfig
 
 
 def config_dict(cfg: SFTConfig) -> dict:
-    """The config as a plain dict (for run manifests)."""
+    """The config as a plain dict (for run manifests). Lesson 01."""
     return asdict(cfg)

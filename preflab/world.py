@@ -112,7 +112,7 @@ RUBRIC = {
 
 @dataclass(frozen=True)
 class PromptInfo:
-    """What a prompt asks for. ``target`` is the task, the movie, the sum or the harmful request."""
+    """What a prompt asks for. ``target`` is the task, the movie, the sum or the harmful request. Lesson 00."""
 
     kind: str
     text: str
@@ -122,7 +122,7 @@ class PromptInfo:
 
 @dataclass
 class Parsed:
-    """The attributes the gold reward reads off a response."""
+    """The attributes the gold reward reads off a response. Lesson 00."""
 
     sentences: list[str] = field(default_factory=list)
     steps: list[str] = field(default_factory=list)  # known steps, in order of appearance
@@ -172,7 +172,7 @@ def _normalize(text: str) -> str:
 
 
 def parse_response(response: str) -> Parsed:
-    """Read a response's attributes off its text. Works on any string, however garbled."""
+    """Read a response's attributes off its text. Works on any string, however garbled. Lesson 00."""
     if not isinstance(response, str):
         raise TypeError(f"response must be a str, got {type(response).__name__}")
     text = _normalize(response)
@@ -222,6 +222,8 @@ class Labeler:
     ``temperature`` is in gold-reward units (lower: more consistent labels), ``length_bias``
     is logit per extra word, ``position_bias`` is the logit bonus of whichever response is
     shown first, ``flip_prob`` flips the label outright.
+
+    Lesson 00.
     """
 
     temperature: float = 0.25
@@ -253,7 +255,7 @@ class Labeler:
 
 @dataclass(frozen=True)
 class LabelerPool:
-    """Labelers that disagree: each comparison goes to one of them, drawn with ``weights``."""
+    """Labelers that disagree: each comparison goes to one of them, drawn with ``weights``. Lesson 00."""
 
     labelers: tuple[Labeler, ...]
     weights: tuple[float, ...] | None = None
@@ -279,7 +281,7 @@ class LabelerPool:
 
 def bayes_ceiling(probs: Iterable[float]) -> float:
     """The best accuracy any model can reach at predicting labels drawn with these
-    probabilities: E[max(p, 1 - p)] (the labelers' own noise is the limit)."""
+    probabilities: E[max(p, 1 - p)] (the labelers' own noise is the limit). Lessons 00 and 04."""
     p = np.asarray(list(probs), dtype=float)
     if p.size == 0:
         raise ValueError("bayes_ceiling needs at least one probability")
@@ -288,14 +290,14 @@ def bayes_ceiling(probs: Iterable[float]) -> float:
 
 def sigmoid(x: float) -> float:
     """The logistic function of a Python float, with x clamped to [-50, 50] (no overflow): a
-    labeler's or judge's probability from its logit."""
+    labeler's or judge's probability from its logit. Lesson 00."""
     x = max(min(x, 50.0), -50.0)
     return 1.0 / (1.0 + math.exp(-x))
 
 
 def as_rng(rng: np.random.Generator | int | None, default: np.random.Generator | None = None) -> np.random.Generator:
     """A numpy Generator from a Generator (itself), a seed, or None (``default`` if given, else a
-    fresh unseeded one): every function that takes ``rng=`` accepts all three."""
+    fresh unseeded one): every function that takes ``rng=`` accepts all three. Lesson 00."""
     if rng is None and default is not None:
         return default
     if isinstance(rng, np.random.Generator):
@@ -304,7 +306,7 @@ def as_rng(rng: np.random.Generator | int | None, default: np.random.Generator |
 
 
 class World:
-    """A seeded world. Build it with :func:`make_world`."""
+    """A seeded world. Build it with :func:`make_world`. Lesson 00."""
 
     def __init__(self, seed: int = 0):
         self.seed = int(seed)
@@ -574,10 +576,10 @@ class World:
 
 
 def make_world(seed: int = 0) -> World:
-    """The course's synthetic world, seeded. Same seed, same world, same samples."""
+    """The course's synthetic world, seeded. Same seed, same world, same samples. Lesson 00."""
     return World(seed)
 
 
 def labeler_config(labeler: Labeler) -> dict:
-    """A labeler's settings as a plain dict (for manifests and data cards)."""
+    """A labeler's settings as a plain dict (for manifests and data cards). Lesson 00."""
     return asdict(labeler)

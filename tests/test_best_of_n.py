@@ -11,7 +11,7 @@ torch.set_num_threads(1)  # the policy model runs fastest on one thread, and the
 
 from preflab.best_of_n import best_of_n, best_of_n_curve, expected_max_weights, select_best
 from preflab.kl import best_of_n_kl, best_of_n_policy, kl_divergence
-from preflab.model import DecodingConfig, load_policy
+from preflab.model import DecodingConfig
 from preflab.world import make_world
 
 

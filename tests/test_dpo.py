@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from preflab.dpo import (DPOConfig, DPOSpeed, drop_empty, encode_pairs, evaluate_pairs, implicit_reward,
                          precompute_reference_logps, train_dpo)
 from preflab.losses import dpo_loss
-from preflab.model import load_policy
 from preflab.world import PROMPT_TEMPLATE, make_world
 
 

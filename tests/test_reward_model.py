@@ -13,7 +13,6 @@ from preflab.pairs import drop_empty
 from preflab.reward_model import (RewardModel, load_reward_model, pairwise_accuracy, pool_index, reliability,
                                   reward_pair_loss, rewardbench_subsets, score, score_pairs, train_reward_model,
                                   RewardConfig)
-from preflab.world import make_world
 
 
 @pytest.fixture(scope="module")
