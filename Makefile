@@ -43,7 +43,7 @@ lab: install
 		$$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_ARGS)
 
 course: install
-	$(PY) -m preflab.course --out build
+	$(PY) -m tools.course --out build
 
 # Two workers, one thread each: on 2 cores the small models run faster side by side than threaded.
 TEST_WORKERS ?= 2
@@ -72,7 +72,7 @@ bench: install
 	$(PY) -m benchmarks.run --out build/bench.json
 
 checkpoints: install
-	$(PY) -m preflab.build_checkpoints --out data
+	$(PY) -m tools.build_checkpoints --out data
 
 clean:
 	rm -rf build .pytest_cache

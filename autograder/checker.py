@@ -32,7 +32,6 @@ import secrets
 import struct
 import sys
 import time
-import traceback
 
 HIDDEN_BEGIN = "### BEGIN HIDDEN TESTS"
 HIDDEN_END = "### END HIDDEN TESTS"

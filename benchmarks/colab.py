@@ -95,7 +95,7 @@ def _autocast(device: str, bf16: bool):
 
 def dpo_step(model, tok, device: str, pairs: int, steps: int, bf16: bool = False) -> dict:
     from benchmarks.dpo_vs_trl import make_pairs
-    from preflab.dpo import DPOConfig, precompute_reference_logps, train_dpo
+    from preflab.dpo import DPOConfig, DPOSpeed, precompute_reference_logps, train_dpo
 
     records = make_pairs(pairs * steps, seed=1)
     policy, reference = copy.deepcopy(model), copy.deepcopy(model)
@@ -103,10 +103,11 @@ def dpo_step(model, tok, device: str, pairs: int, steps: int, bf16: bool = False
         p.requires_grad_(False)
     policy.to(device)
     reference.to(device)
-    cfg = DPOConfig(beta=0.1, lr=1e-5, batch_size=pairs, max_steps=steps, ref_batch_size=pairs)
+    cfg = DPOConfig(beta=0.1, lr=1e-5, batch_size=pairs, max_steps=steps, progress=False,
+                    speed=DPOSpeed(ref_batch_size=pairs))
     with _autocast(device, bf16):
         with PeakMemory(device) as mem:
-            hist = train_dpo(policy, reference, tok, records, cfg, progress=False)
+            hist = train_dpo(policy, reference, tok, records, cfg)
         t0 = time.perf_counter()  # one step's reference pass, warm (train_dpo caches it up front)
         precompute_reference_logps(reference, tok, records[:pairs], batch_size=pairs)
         if device == "cuda":
@@ -134,10 +135,10 @@ def ppo_step(model, tok, device: str, prompts: int, new_tokens: int, bf16: bool 
     policy = copy.deepcopy(model).to(device)
     reference = frozen_copy(policy)
     cfg = PPOConfig(steps=1, prompts_per_step=prompts, minibatch_size=prompts, ppo_epochs=1,
-                    max_new_tokens=new_tokens, eval_every=1, lr=1e-5)
+                    max_new_tokens=new_tokens, eval_every=1, lr=1e-5, progress=False)
     with _autocast(device, bf16), PeakMemory(device) as mem:
         t0 = time.perf_counter()
-        hist = train_ppo(policy, reference, tok, pool, reward_fn, cfg, progress=False)
+        hist = train_ppo(policy, reference, tok, pool, reward_fn, cfg)
         total = time.perf_counter() - t0
     out = {"prompts_per_step": prompts, "max_new_tokens": new_tokens, "step_s": hist[0]["seconds"],
            "call_s_including_final_rollout": total, "response_tokens_mean": hist[0]["length"], "peak_mb": mem.peak}

@@ -1,6 +1,6 @@
 """Benchmark 3: the course itself, each lesson's runtime and peak memory, from ``make course``.
 
-``make course`` (``python -m preflab.course --out build``) executes every lesson headless and
+``make course`` (``python -m tools.course --out build``) executes every lesson headless and
 writes ``build/course.json`` with, per lesson, ``runtime_s`` (wall time of the whole notebook,
 kernel start included), ``peak_mb`` (largest resident memory of the kernel and its children) and
 ``status``. This benchmark reads that file; it does not run the course (that takes longer than
@@ -23,7 +23,7 @@ LESSON_S, COURSE_S, PEAK_MB = 180.0, 1800.0, 2048.0
 def run(quick: bool = False, course_json: str | Path | None = None, with_course: bool = False) -> dict:
     path = Path(course_json) if course_json else REPO / "build" / "course.json"
     if with_course:
-        from preflab.course import run_course
+        from tools.course import run_course
 
         run_course(REPO / "lessons", path.parent, progress=True)
     if not path.exists():

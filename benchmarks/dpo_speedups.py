@@ -41,13 +41,10 @@ VARIANTS = {
 
 # ----------------------------------------------------------------------------- prototypes
 def _joined(enc, idx, pad_id):
-    from preflab.dpo import _pad_to, _rows
+    from preflab.data import stack_pairs
 
-    c, r = _rows(enc.chosen, idx), _rows(enc.rejected, idx)
-    T = int(max(c.attention_mask.sum(-1).max(), r.attention_mask.sum(-1).max()))
-    c, r = _pad_to(c, T, pad_id), _pad_to(r, T, pad_id)
-    return (torch.cat([c.input_ids, r.input_ids]), torch.cat([c.attention_mask, r.attention_mask]),
-            torch.cat([c.response_mask, r.response_mask]))
+    b = stack_pairs(enc, idx, pad_id)
+    return b.input_ids, b.attention_mask, b.response_mask
 
 
 def _head_logps(model, hidden, ids, target_mask, owner, n_seq):
@@ -61,7 +58,7 @@ def _head_logps(model, hidden, ids, target_mask, owner, n_seq):
 
 def response_head_logps(model, enc, idx, pad_id):
     """Prototype: padded rows as in preflab, but the LM head only at response positions."""
-    from preflab.model import position_ids_from
+    from preflab.sequences import position_ids_from
 
     ids, attn, resp = _joined(enc, idx, pad_id)
     hidden = model.base_model(input_ids=ids, attention_mask=attn, position_ids=position_ids_from(attn)).last_hidden_state
@@ -72,11 +69,11 @@ def response_head_logps(model, enc, idx, pad_id):
 
 def forward_backward_times(model, tok, records, batch_size: int = 32, repeats: int = 5) -> dict:
     """Median seconds of one policy forward + backward on one batch, three ways (alternating)."""
-    from preflab.dpo import _pad_id, encode_pairs, pack_rows, pair_logps
-    from preflab.model import max_context
+    from preflab.data import encode_pairs, pack_rows, pair_logps
+    from preflab.sequences import max_context, pad_id
 
     enc = encode_pairs(tok, records)
-    pad = _pad_id(tok)
+    pad = pad_id(tok)
     idx = torch.as_tensor(preflab_order(len(records))[:batch_size])
     policy = copy.deepcopy(model).train()
     ways = {

@@ -82,16 +82,16 @@ def make_pairs(n: int, seed: int = 0) -> list[dict]:
 def run_preflab(model, tok, records, steps: int, batch_size: int, beta: float, lr: float, seed: int = 0,
                 **switches) -> dict:
     """Train a fresh copy of ``model`` with preflab; returns seconds, pairs/s and the history."""
-    from preflab.dpo import DPOConfig, train_dpo
+    from preflab.dpo import DPOConfig, DPOSpeed, train_dpo
 
     policy, reference = copy.deepcopy(model), copy.deepcopy(model)
     for p in reference.parameters():
         p.requires_grad_(False)
     cfg = DPOConfig(loss_type="sigmoid", beta=beta, lr=lr, batch_size=batch_size, max_steps=steps,
-                    max_grad_norm=1.0, seed=seed, ref_batch_size=128, **switches)
+                    max_grad_norm=1.0, seed=seed, progress=False, speed=DPOSpeed(ref_batch_size=128, **switches))
     load = load_average()
     c0, t0 = time.process_time(), time.perf_counter()
-    history = train_dpo(policy, reference, tok, records, cfg, progress=False)
+    history = train_dpo(policy, reference, tok, records, cfg)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {"seconds": seconds, "cpu_s": cpu, "pairs_per_s": steps * batch_size / seconds,
             "pairs_per_cpu_s": steps * batch_size / cpu, "load_average": load,

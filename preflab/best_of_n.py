@@ -34,7 +34,7 @@ RewardFn = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
 @dataclass
 class BestOfN:
     """What :func:`best_of_n` returns. ``candidates[i][j]`` is draw j for prompt i and
-    ``scores[i, j]`` its reward; ``chosen_index[i]`` the kept draw, ``responses[i]`` its text."""
+    ``scores[i, j]`` its reward; ``chosen_index[i]`` the kept draw, ``responses[i]`` its text. Lessons 05 and 08."""
 
     prompts: list[str]
     responses: list[str]
@@ -67,7 +67,7 @@ def sample_candidates(policy, tokenizer, prompts: Sequence[str], n: int,
                       decoding: DecodingConfig = DecodingConfig(), seed: int = 0,
                       batch_size: int = 256) -> list[list[str]]:
     """n independent samples per prompt, as P lists of n strings (one batched generate call
-    over the prompts repeated n times)."""
+    over the prompts repeated n times). Lessons 05 and 08."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n must be an integer >= 1, got {n!r}")
     if len(prompts) == 0:
@@ -78,7 +78,7 @@ def sample_candidates(policy, tokenizer, prompts: Sequence[str], n: int,
 
 
 def select_best(prompts: Sequence[str], candidates: Sequence[Sequence[str]], reward_fn: RewardFn) -> BestOfN:
-    """Score every candidate with ``reward_fn`` and keep the argmax per prompt (first on ties)."""
+    """Score every candidate with ``reward_fn`` and keep the argmax per prompt (first on ties). Lessons 05 and 08."""
     if len(prompts) != len(candidates):
         raise ValueError(f"{len(prompts)} prompts but {len(candidates)} candidate lists")
     n = len(candidates[0])
@@ -98,6 +98,8 @@ def best_of_n(policy, tokenizer, prompts: Sequence[str], n: int, reward_fn: Rewa
 
     Returns a :class:`BestOfN` with the chosen responses (``.responses``), their scores, and all
     candidates with their scores (``.candidates``, ``.scores``). The policy is not changed.
+
+    Lessons 05 and 08.
     """
     cands = sample_candidates(policy, tokenizer, prompts, n, decoding, seed, batch_size)
     return select_best(prompts, cands, reward_fn)
@@ -110,6 +112,8 @@ def expected_max_weights(n_total: int, k: int) -> np.ndarray:
 
     This is the unbiased estimator of E[best-of-k] from n_total >= k i.i.d. draws (Nakano et al.
     2021, WebGPT), far less noisy than using only the first k draws.
+
+    Lessons 05 and 08.
     """
     if not 1 <= k <= n_total:
         raise ValueError(f"need 1 <= k <= n_total, got k={k}, n_total={n_total}")
@@ -123,6 +127,8 @@ def best_of_n_curve(selection_scores: np.ndarray, ks: Sequence[int], *others: np
     other measurements of the same draws (e.g. the gold reward) read off at the selected draw.
     Returns {"k": ks, "kl": log k - (k-1)/k, "selected": mean selection score, "others": [...]},
     each averaged over prompts. Ties in the selection score are broken by draw order.
+
+    Lessons 05 and 08.
     """
     s = np.asarray(selection_scores, dtype=float)
     if s.ndim != 2:

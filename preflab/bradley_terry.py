@@ -49,6 +49,8 @@ def bt_prob(r_a, r_b):
     Works on Python floats (returns a float), numpy arrays (returns an array) and torch tensors
     (returns a tensor; if either input is a tensor the other is converted). Arrays broadcast.
     Stable for any difference: bt_prob(1e4, 0) == 1.0 and bt_prob(0, 1e4) == 0.0, never NaN.
+
+    Lesson 03.
     """
     if _is_torch(r_a) or _is_torch(r_b):
         import torch
@@ -127,6 +129,8 @@ def bt_log_likelihood(scores, pairs) -> float:
         LL(s) = sum over pairs (w, l) of log sigmoid(s_w - s_l)
 
     scores: 1-D array (numpy or torch) of length n_items; pairs: (winner, loser) index pairs.
+
+    Lesson 03.
     """
     if _is_torch(scores):
         scores = scores.detach().cpu().numpy()
@@ -215,6 +219,8 @@ def fit_bradley_terry(n_items, pairs, l2=0.0, *, tol=1e-10, max_iter=100) -> np.
     run until the largest gradient entry is below tol. The all-ones direction does not change f
     (when l2 = 0), so each Newton step solves with H + (1/n) 11^T and then recentres: the scores
     returned sum to zero. Returns a float64 numpy array of length n_items.
+
+    Lesson 03.
     """
     n = _check_n_items(n_items)
     if isinstance(l2, bool) or not isinstance(l2, Real) or not math.isfinite(l2) or l2 < 0:
@@ -261,6 +267,8 @@ def count_intransitive_triads(win_matrix) -> int:
     With M the 0/1 majority matrix, each 3-cycle appears 3 times on the diagonal of M^3:
 
         count = trace(M @ M @ M) / 3
+
+    Lesson 03.
     """
     if _is_torch(win_matrix):
         win_matrix = win_matrix.detach().cpu().numpy()

@@ -19,7 +19,7 @@ class ClaimFailed(AssertionError):
 
 
 def check(name: str, condition: bool, detail: str = "") -> bool:
-    """Assert one claim and print it in the format the course runner collects."""
+    """Assert one claim and print it in the format the course runner collects. Every lesson's check cell (lesson 00 on)."""
     ok = bool(condition)
     print(f"{PREFIX} {'PASS' if ok else 'FAIL'} | {name} | {detail}", flush=True)
     if not ok:
@@ -28,7 +28,7 @@ def check(name: str, condition: bool, detail: str = "") -> bool:
 
 
 def parse_claims(text: str) -> list[dict]:
-    """Read the claim lines back from a notebook's printed output."""
+    """Read the claim lines back from a notebook's printed output. Every lesson's check cell (lesson 00 on)."""
     out = []
     for line in text.splitlines():
         if line.startswith(PREFIX + " "):

@@ -30,7 +30,7 @@ def sample_and_score(policy, tokenizer, world: World, prompts: Sequence[str],
                      decoding: DecodingConfig = DecodingConfig(), seed: int = 0, reference=None,
                      batch_size: int = 64) -> dict:
     """Sample one response per prompt; return texts, gold rewards and (with ``reference``)
-    the per-sequence log-ratio log pi(y|x) - log pi_ref(y|x)."""
+    the per-sequence log-ratio log pi(y|x) - log pi_ref(y|x). Lesson 00 (and every held-out measurement after it)."""
     texts, batch = generate(policy, tokenizer, prompts, decoding, seed=seed, return_ids=True,
                             batch_size=batch_size)
     out = {"prompts": list(prompts), "responses": texts,
@@ -43,15 +43,15 @@ def sample_and_score(policy, tokenizer, world: World, prompts: Sequence[str],
             dev = next(policy.parameters()).device
             ids, attn, resp = ids.to(dev), attn.to(dev), resp.to(dev)
             lp = sequence_logprobs(policy, ids, attn, resp)
-            lr = sequence_logprobs(reference, ids, attn, resp)
-            ratios.append((lp - lr).cpu())
+            lp_ref = sequence_logprobs(reference, ids, attn, resp)
+            ratios.append((lp - lp_ref).cpu())
         out["log_ratio"] = torch.cat(ratios).numpy()
     return out
 
 
 def summarize(world: World, prompts: Sequence[str], responses: Sequence[str], gold=None,
               log_ratio=None) -> dict:
-    """The standard metrics from prompts, responses (and gold rewards, log-ratios if known)."""
+    """The standard metrics from prompts, responses (and gold rewards, log-ratios if known). Lesson 00 (and every held-out measurement after it)."""
     gold = np.array([world.gold_reward(p, r) for p, r in zip(prompts, responses)]) if gold is None else np.asarray(gold)
     kinds = np.array([world.kind(p) for p in prompts])
     parsed = [parse_response(r) for r in responses]
@@ -79,20 +79,20 @@ def summarize(world: World, prompts: Sequence[str], responses: Sequence[str], go
 
 def evaluate_policy(policy, tokenizer, world: World, prompts: Sequence[str], reference=None,
                     decoding: DecodingConfig = DecodingConfig(), seed: int = 0) -> dict:
-    """Sample on ``prompts`` and return :func:`summarize`'s metrics (with ``kl`` if a reference is given)."""
+    """Sample on ``prompts`` and return :func:`summarize`'s metrics (with ``kl`` if a reference is given). Lesson 00 (and every held-out measurement after it)."""
     s = sample_and_score(policy, tokenizer, world, prompts, decoding, seed, reference)
     return summarize(world, prompts, s["responses"], s["gold"], s.get("log_ratio"))
 
 
 def heldout_prompts(world: World, n: int, kind: str | None = None, seed: int = 10_000) -> list[str]:
-    """Evaluation prompts from a stream separate from training streams (seed 10000 by convention)."""
+    """Evaluation prompts from a stream separate from training streams (seed 10000 by convention). Lesson 00 (and every held-out measurement after it)."""
     return world.sample_prompts(n, kind=kind, rng=seed)
 
 
 def win_rate(world: World, prompts: Sequence[str], a: Sequence[str], b: Sequence[str],
              judge: Callable[[str, str, str], float] | None = None) -> float:
     """Share of prompts where response ``a`` beats ``b`` on the gold reward (ties count half),
-    or under ``judge(prompt, a, b) -> P(a wins)`` if given."""
+    or under ``judge(prompt, a, b) -> P(a wins)`` if given. Lesson 00 (and every held-out measurement after it)."""
     if judge is None:
         ga = np.array([world.gold_reward(p, r) for p, r in zip(prompts, a)])
         gb = np.array([world.gold_reward(p, r) for p, r in zip(prompts, b)])

@@ -28,14 +28,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
 
+import preflab.world as world_module  # RUBRIC is read at call time: Rubric.active() swaps it
 from preflab.pairs import PROVENANCE_FIELDS, dataset_hash, find_problems
+from preflab.world import FILLER, parse_response, sigmoid
 
 __all__ = ["Rubric", "RubricLabeler", "VersionError", "VersionRegistry", "content_hash",
            "estimate_accuracy", "vote_weights", "weighted_vote", "FeedbackEvent", "IngestResult",
@@ -43,7 +44,7 @@ __all__ = ["Rubric", "RubricLabeler", "VersionError", "VersionRegistry", "conten
 
 
 def content_hash(obj) -> str:
-    """A 16-hex sha256 of any JSON-able object (keys sorted), or of a string's bytes."""
+    """A 16-hex sha256 of any JSON-able object (keys sorted), or of a string's bytes. Lesson 14."""
     blob = obj.encode() if isinstance(obj, str) else json.dumps(obj, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -55,6 +56,8 @@ class Rubric:
 
     ``weights`` has the keys of ``preflab.world.RUBRIC`` (missing keys keep the world's values).
     ``hash`` covers text and weights, so editing either one changes it even if ``version`` does not.
+
+    Lesson 14.
     """
 
     version: str
@@ -64,18 +67,16 @@ class Rubric:
     @classmethod
     def from_world(cls, text: str = "") -> "Rubric":
         """The rubric the world's gold reward uses now (``preflab.world.RUBRIC``)."""
-        from preflab.world import RUBRIC
-
-        w = {k: v for k, v in RUBRIC.items() if k != "version"}
-        return cls(RUBRIC["version"], w, text)
+        rubric = world_module.RUBRIC
+        w = {k: v for k, v in rubric.items() if k != "version"}
+        return cls(rubric["version"], w, text)
 
     def revised(self, version: str, text: str | None = None, **changes: float) -> "Rubric":
         """A new rubric with some weights changed (pass the same ``version`` to simulate a silent edit)."""
-        from preflab.world import RUBRIC
-
-        unknown = set(changes) - set(RUBRIC)
+        rubric = world_module.RUBRIC
+        unknown = set(changes) - set(rubric)
         if unknown:
-            raise ValueError(f"unknown rubric weights {sorted(unknown)}; known: {sorted(k for k in RUBRIC if k != 'version')}")
+            raise ValueError(f"unknown rubric weights {sorted(unknown)}; known: {sorted(k for k in rubric if k != 'version')}")
         return Rubric(version, {**self.weights, **changes}, self.text if text is None else text)
 
     @property
@@ -89,8 +90,6 @@ class Rubric:
         (The world reads the module-level ``preflab.world.RUBRIC``; this swaps it and always
         restores it, even on error.)
         """
-        import preflab.world as world_module
-
         old = world_module.RUBRIC
         world_module.RUBRIC = {**old, **self.weights, "version": self.version}
         try:
@@ -107,8 +106,6 @@ class Rubric:
         with self.active():
             g = world.gold_reward(prompt, response)
             if not _world_reads_filler(world):
-                from preflab.world import parse_response
-
                 g += float(self.weights.get("filler", 0.0)) * parse_response(response).filler
             return g
 
@@ -119,9 +116,6 @@ _READS_FILLER: dict = {}
 def _world_reads_filler(world) -> bool:
     """Does the world's gold reward use RUBRIC["filler"]? (Probed once by changing it.)"""
     if "v" not in _READS_FILLER:
-        import preflab.world as world_module
-        from preflab.world import FILLER
-
         prompt = world.prompts_by_kind["howto"][0]
         old = world_module.RUBRIC
         try:
@@ -138,7 +132,7 @@ def _world_reads_filler(world) -> bool:
 @dataclass(frozen=True)
 class RubricLabeler:
     """A Bradley-Terry labeler who applies ``rubric``: P(first) = sigma((g_R(first) - g_R(second)) / T),
-    with g_R the gold reward under the rubric's weights. ``flip_prob`` flips the label outright."""
+    with g_R the gold reward under the rubric's weights. ``flip_prob`` flips the label outright. Lesson 14."""
 
     rubric: Rubric
     temperature: float = 0.25
@@ -153,7 +147,7 @@ class RubricLabeler:
 
     def prob_first(self, world, prompt: str, first: str, second: str) -> float:
         z = (self.rubric.score(world, prompt, first) - self.rubric.score(world, prompt, second)) / self.temperature
-        s = 1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0)))
+        s = sigmoid(z)
         return (1 - self.flip_prob) * s + self.flip_prob * (1 - s)
 
     def label(self, world, prompt: str, first: str, second: str, rng: np.random.Generator) -> int:
@@ -162,7 +156,7 @@ class RubricLabeler:
 
 # ----------------------------------------------------------------------------- versions
 class VersionError(ValueError):
-    """Versions that do not fit together: a silent edit, an unknown version, or mixed rubrics."""
+    """Versions that do not fit together: a silent edit, an unknown version, or mixed rubrics. Lesson 14."""
 
 
 @dataclass
@@ -170,6 +164,8 @@ class VersionRegistry:
     """Remembers the content hash of every (kind, version) it has seen and ties releases together.
 
     kinds: "policy_text", "rubric", "data", "model" (any string works).
+
+    Lesson 14.
     """
 
     entries: dict = field(default_factory=dict)
@@ -233,7 +229,7 @@ class VersionRegistry:
 # ----------------------------------------------------------------------------- reviewers
 def estimate_accuracy(labels, truth, prior: tuple[float, float] = (1.0, 1.0)) -> float:
     """A reviewer's accuracy on gold tasks, smoothed with a Beta prior:
-    (correct + prior[0]) / (n + prior[0] + prior[1]). ``labels``/``truth`` are 0/1 arrays."""
+    (correct + prior[0]) / (n + prior[0] + prior[1]). ``labels``/``truth`` are 0/1 arrays. Lesson 14."""
     y, t = np.asarray(labels), np.asarray(truth)
     if y.shape != t.shape or y.ndim != 1:
         raise ValueError(f"labels and truth must be 1-D and the same length, got {y.shape} and {t.shape}")
@@ -243,7 +239,7 @@ def estimate_accuracy(labels, truth, prior: tuple[float, float] = (1.0, 1.0)) ->
 
 
 def vote_weights(accuracies, floor: float = 0.5, cap: float = 0.99) -> np.ndarray:
-    """Log-odds weights w_r = log(a_r / (1 - a_r)); accuracies at or below ``floor`` get weight 0."""
+    """Log-odds weights w_r = log(a_r / (1 - a_r)); accuracies at or below ``floor`` get weight 0. Lesson 14."""
     a = np.clip(np.asarray(accuracies, dtype=float), 1e-6, cap)
     w = np.log(a / (1 - a))
     return np.where(a > floor, w, 0.0)
@@ -255,6 +251,8 @@ def weighted_vote(labels, weights) -> tuple[np.ndarray, np.ndarray]:
     Returns ``(decision, score)``: score = sum_r w_r * (2 * label_r - 1) over the reviewers who
     labelled the item, decision = 1 where score > 0, 0 where score < 0, -1 where score == 0 (a
     split vote: send it to adjudication).
+
+    Lesson 14.
     """
     L = np.asarray(labels)
     w = np.asarray(weights, dtype=float)
@@ -275,6 +273,8 @@ class FeedbackEvent:
 
     ``consent`` is True only if the user agreed that this exchange may be used for training;
     None means nobody asked (which is not consent).
+
+    Lesson 14.
     """
 
     event_id: str
@@ -291,7 +291,7 @@ class FeedbackEvent:
 @dataclass
 class IngestResult:
     """What :func:`ingest_feedback` did: the new records, the rejected events with reasons,
-    and the data versions before and after."""
+    and the data versions before and after. Lesson 14."""
 
     records: list
     accepted: list
@@ -310,6 +310,8 @@ def ingest_feedback(events: Sequence[FeedbackEvent | Mapping], base_records: Seq
     current ``rubric``; or the pair itself is invalid (empty or identical sides, a duplicate).
     Accepted events become records with provenance (``source``, ``event_id``, ``data_version``
     set to the new version). ``base_records`` are not modified.
+
+    Lesson 14.
     """
     old_version = dataset_hash(base_records)
     accepted, rejected = [], []

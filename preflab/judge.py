@@ -42,17 +42,14 @@ from typing import Sequence
 
 import numpy as np
 
+from preflab.world import FILLER, as_rng, sigmoid
+
 __all__ = ["Judge", "VERDICTS", "judge_both_orders", "swap_consistency", "first_position_rate",
            "swap_and_tie", "gold_outcomes", "agreement_with_gold", "pad_with_repeats",
            "reliability_curve", "expected_calibration_error"]
 
 #: Verdicts in terms of the two answers being compared, a and b.
 VERDICTS = ("a", "b", "tie")
-
-
-def _sigmoid(x: float) -> float:
-    x = max(min(x, 50.0), -50.0)
-    return 1.0 / (1.0 + math.exp(-x))
 
 
 @dataclass(frozen=True)
@@ -65,6 +62,8 @@ class Judge:
     tie_margin:      half-width of the tie band on the logit (0: never says tie)
     score_noise:     sd (gold units) of the judge's fixed per-answer misreading (0: none)
     noise:           add fresh Logistic(0, 1) noise to each verdict (default False: deterministic)
+
+    Lesson 11.
     """
 
     temperature: float = 0.25
@@ -102,7 +101,7 @@ class Judge:
 
     def confidence(self, world, prompt: str, first: str, second: str) -> float:
         """The judge's stated probability that the answer shown first is better: sigma(z)."""
-        return _sigmoid(self.logit(world, prompt, first, second))
+        return sigmoid(self.logit(world, prompt, first, second))
 
     def verdict(self, world, prompt: str, first: str, second: str, rng: np.random.Generator | None = None) -> str:
         """"first", "second" or "tie" for the answers in the order shown."""
@@ -120,8 +119,7 @@ class Judge:
         return "tie"
 
 
-def _rng(rng) -> np.random.Generator:
-    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+
 
 
 def judge_both_orders(judge: Judge, world, prompts: Sequence[str], a: Sequence[str], b: Sequence[str],
@@ -130,10 +128,12 @@ def judge_both_orders(judge: Judge, world, prompts: Sequence[str], a: Sequence[s
 
     Returns two arrays of verdicts in terms of a and b ("a", "b", "tie"): ``v_ab`` (a shown first)
     and ``v_ba`` (b shown first). A position-free judge gives the same answer in both.
+
+    Lesson 11.
     """
     if not (len(prompts) == len(a) == len(b)):
         raise ValueError(f"prompts, a and b must have the same length, got {len(prompts)}, {len(a)}, {len(b)}")
-    rng = _rng(rng) if rng is not None else None
+    rng = as_rng(rng) if rng is not None else None
     to_ab = {"first": "a", "second": "b", "tie": "tie"}
     to_ba = {"first": "b", "second": "a", "tie": "tie"}
     v_ab = [to_ab[judge.verdict(world, p, x, y, rng)] for p, x, y in zip(prompts, a, b)]
@@ -156,14 +156,14 @@ def _check_verdicts(*vs) -> list[np.ndarray]:
 
 
 def swap_consistency(v_ab, v_ba) -> float:
-    """Share of pairs whose verdict is the same in both orders (a tie in both counts as consistent)."""
+    """Share of pairs whose verdict is the same in both orders (a tie in both counts as consistent). Lesson 11."""
     v_ab, v_ba = _check_verdicts(v_ab, v_ba)
     return float(np.mean(v_ab == v_ba))
 
 
 def first_position_rate(v_ab, v_ba) -> float:
     """Among decisive verdicts (not ties) in both orders, the share that chose the answer shown first.
-    0.5 for a judge without position bias (averaged over both orders)."""
+    0.5 for a judge without position bias (averaged over both orders). Lesson 11."""
     v_ab, v_ba = _check_verdicts(v_ab, v_ba)
     first = np.concatenate([v_ab == "a", v_ba == "b"])
     decisive = np.concatenate([v_ab != "tie", v_ba != "tie"])
@@ -173,13 +173,13 @@ def first_position_rate(v_ab, v_ba) -> float:
 
 
 def swap_and_tie(v_ab, v_ba) -> np.ndarray:
-    """The conservative aggregate: the shared verdict where both orders agree, "tie" where they do not."""
+    """The conservative aggregate: the shared verdict where both orders agree, "tie" where they do not. Lesson 11."""
     v_ab, v_ba = _check_verdicts(v_ab, v_ba)
     return np.where(v_ab == v_ba, v_ab, "tie").astype(object)
 
 
 def gold_outcomes(gold_a, gold_b, tol: float = 1e-9) -> np.ndarray:
-    """The gold verdicts: "a" where g(a) > g(b) + tol, "b" where g(b) > g(a) + tol, else "tie"."""
+    """The gold verdicts: "a" where g(a) > g(b) + tol, "b" where g(b) > g(a) + tol, else "tie". Lesson 11."""
     ga, gb = np.asarray(gold_a, dtype=float), np.asarray(gold_b, dtype=float)
     if ga.shape != gb.shape:
         raise ValueError(f"gold_a and gold_b have shapes {ga.shape} and {gb.shape}")
@@ -192,6 +192,8 @@ def agreement_with_gold(verdicts, gold, include_ties: bool = True) -> float:
     include_ties=True: three-way exact match over all pairs (a tie must be called a tie).
     include_ties=False: only pairs where both the judge and gold are decisive ("agreement
     without ties" in MT-Bench's tables).
+
+    Lesson 11.
     """
     v, g = _check_verdicts(verdicts, gold)
     if include_ties:
@@ -207,11 +209,12 @@ def pad_with_repeats(response: str, n: int = 3, sentence: str | None = None) -> 
 
     By default the sentence is one the world's gold reward gives no credit ("i hope this
     helps."), so gold is unchanged while a verbosity-biased judge scores the answer higher.
+
+    Lesson 11.
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     if sentence is None:
-        from preflab.world import FILLER
 
         sentence = FILLER[0]
     return " ".join([response.strip()] + [sentence] * n).strip()
@@ -221,7 +224,7 @@ def reliability_curve(confidence, outcome, n_bins: int = 10) -> dict:
     """Calibration of stated probabilities: bin ``confidence`` (P(event)) into equal-width bins
     and compare each bin's mean confidence with the observed frequency of ``outcome`` (0/1,
     or 0.5 for a gold tie). Returns bin centres, mean confidence, observed rate and counts
-    (empty bins are dropped)."""
+    (empty bins are dropped). Lesson 11."""
     c = np.asarray(confidence, dtype=float)
     y = np.asarray(outcome, dtype=float)
     if c.shape != y.shape or c.ndim != 1 or c.size == 0:
@@ -239,7 +242,7 @@ def reliability_curve(confidence, outcome, n_bins: int = 10) -> dict:
 
 
 def expected_calibration_error(confidence, outcome, n_bins: int = 10) -> float:
-    """ECE = sum over bins of (n_bin / n) * |mean confidence - observed rate|."""
+    """ECE = sum over bins of (n_bin / n) * |mean confidence - observed rate|. Lesson 11."""
     rc = reliability_curve(confidence, outcome, n_bins)
     w = rc["count"] / rc["count"].sum()
     return float(np.sum(w * np.abs(rc["confidence"] - rc["observed"])))

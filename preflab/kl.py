@@ -154,6 +154,8 @@ def kl_divergence(p, q):
     Conventions: 0 * log(0 / q) = 0, and p(y) > 0 with q(y) = 0 gives +inf. p and q must be
     probability vectors (nonnegative, summing to 1) with the same number of outcomes; leading axes
     broadcast. Returns a float for 1-D numpy input, otherwise an array/tensor of the leading shape.
+
+    Lesson 05.
     """
     lib = _lib(p, q)
     p = _check_probs(lib, p, "p")
@@ -175,6 +177,8 @@ def optimal_policy(ref_probs, rewards, beta):
     inverse temperature). As beta -> inf, pi* -> pi_ref; as beta -> 0, pi* puts all its mass on the
     highest-reward responses in the reference's support (shared in proportion to pi_ref on ties).
     Responses with pi_ref(y) = 0 keep probability 0.
+
+    Lesson 05.
     """
     lib = _lib(ref_probs, rewards)
     beta = _check_beta(beta)
@@ -220,6 +224,8 @@ def best_of_n_kl(n) -> float:
 
     Exact when the reward is continuous (no ties), and an upper bound for every finite response
     set (Stiennon et al. 2020; Beirami et al. 2024). n = 1 gives 0; it grows like log n.
+
+    Lesson 05.
     """
     n = _check_n(n)
     return math.log(n) - (n - 1) / n
@@ -238,6 +244,8 @@ def best_of_n_policy(ref_probs, rewards, n):
     split inside the group in proportion to pi_ref, since the first-drawn member of G is a draw
     from pi_ref restricted to G. Computed as F**n * (1 - (F_- / F)**n) with log1p and expm1, F from the upper tail.
     Input: 1-D ref_probs and rewards (numpy or torch); returns the same kind.
+
+    Lesson 05.
     """
     n = _check_n(n)
     lib = _lib(ref_probs, rewards)
@@ -283,6 +291,8 @@ def kl_estimates(logp, logp_ref):
     same samples under pi and pi_ref (same shape; numpy or torch). Returns (k1, k2, k3), each of
     that shape and kind. k3 uses expm1 for accuracy at small r; it is +inf (never NaN) if
     exp(r) overflows.
+
+    Lesson 05.
     """
     lib = _lib(logp, logp_ref)
     a = _to(lib, logp)

@@ -129,6 +129,8 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
     beta is the KL coefficient of the RLHF objective it is derived from: a larger beta keeps the
     policy closer to the reference. At h = 0 (policy equals reference) the loss is log 2.
     Returns (losses, chosen_rewards, rejected_rewards), rewards = beta * (policy - ref), detached.
+
+    Lesson 07.
     """
     beta = _check_scalar(beta, "beta", positive=True)
     h, chosen_rewards, rejected_rewards = _margin_and_rewards(
@@ -152,6 +154,8 @@ def ipo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
     whatever the caller computed, summed or averaged, and the caller must say which: the target
     1/(2 tau) means something different on each scale.
     Rewards are logged as tau * (policy - ref) of the log-probs given, detached.
+
+    Lesson 09.
     """
     tau = _check_scalar(tau, "tau", positive=True)
     h, chosen_rewards, rejected_rewards = _margin_and_rewards(
@@ -169,6 +173,8 @@ def cdpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_
     It is the cross-entropy against a label that says "chosen wins" with probability 1 - eps.
     Its minimum is at a finite margin, beta * h = log((1 - eps) / eps), so the margin settles
     instead of growing without bound. eps must lie in [0, 0.5); eps = 0 is plain DPO.
+
+    Lesson 09.
     """
     beta = _check_scalar(beta, "beta", positive=True)
     eps = _check_eps(eps)
@@ -190,6 +196,8 @@ def robust_dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps
     the flip equals the clean DPO loss: it de-biases rather than smooths (compare cdpo_loss). Unlike
     cDPO it can be negative and is unbounded below for eps > 0. Same form as TRL's loss_type="robust"
     with label_smoothing = eps. eps must lie in [0, 0.5).
+
+    Lesson 09.
     """
     beta = _check_scalar(beta, "beta", positive=True)
     eps = _check_eps(eps)
@@ -208,6 +216,8 @@ def hinge_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref
         loss = max(0, 1 - beta * h)
 
     Zero loss (and zero gradient) once beta * h >= 1.
+
+    Lesson 09.
     """
     beta = _check_scalar(beta, "beta", positive=True)
     h, chosen_rewards, rejected_rewards = _margin_and_rewards(
@@ -241,6 +251,8 @@ def rdpo_loss(
     preference is already explained by length, so the margin is larger, the loss smaller, and the
     gradient that pushes the chosen response up (and with it, longer responses) is smaller. The
     policy gains less by growing. alpha = 0 is plain DPO.
+
+    Lesson 10.
     """
     beta = _check_scalar(beta, "beta", positive=True)
     alpha = _check_scalar(alpha, "alpha", nonneg=True)
@@ -268,6 +280,8 @@ def simpo_loss(avg_chosen_logps, avg_rejected_logps, beta, gamma):
     avg_c and avg_r are per-token averaged log-probs of the chosen and rejected responses
     (length-normalized, which is what removes the length incentive); gamma is a target margin.
     Returns (losses, beta * avg_c, beta * avg_r), rewards detached.
+
+    Lesson 10.
     """
     beta = _check_scalar(beta, "beta", positive=True)
     gamma = _check_scalar(gamma, "gamma")
@@ -296,6 +310,8 @@ def sft_loss(logits, labels, response_mask):
     number of predicted response tokens in the whole batch (a token-level mean, as Hugging Face
     models compute it with labels = -100 on masked tokens). A response token at position 0 has no
     prediction and is skipped.
+
+    Lesson 01.
     """
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
         raise ValueError("logits must be a floating-point tensor of shape (B, T, V)")
@@ -340,6 +356,8 @@ def preference_metrics(chosen_rewards, rejected_rewards) -> dict[str, float]:
         rewards/rejected   = mean(rejected_rewards)
         rewards/accuracies = mean(chosen_rewards > rejected_rewards)   (ties count as wrong)
         rewards/margins    = mean(chosen_rewards - rejected_rewards)
+
+    Lesson 07.
     """
     named = {
         "chosen_rewards": _as_float_tensor(chosen_rewards, "chosen_rewards").detach(),

@@ -1,4 +1,5 @@
-"""Policies: loading, encoding prompt/response pairs, response-only log-probs, sampling, manifests.
+"""Policies: loading, sampling, manifests (and, re-exported from :mod:`preflab.sequences`, encoding
+prompt/response pairs and response-only log-probs).
 
 Two scales share one code path:
 
@@ -29,7 +30,13 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
+
+from preflab.sequences import (Batch, check_masks, encode, hidden_size, max_context, pad_id, pad_to,  # noqa: F401
+                               position_ids_from, response_lengths, right_pad, sequence_logprobs, take_rows,
+                               token_logprobs, trim_padding)
+from preflab.sft import SFTConfig, train_sft
+import preflab.world as world_module  # RUBRIC is read at call time: Rubric.active() swaps it
+from preflab.world import PROMPT_TEMPLATE, make_world
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 TINY_DIR = DATA_DIR / "tiny"
@@ -39,6 +46,7 @@ STAGES = ("base", "sft")
 
 # ----------------------------------------------------------------------------- loading
 def current_scale(scale: str | None = None) -> str:
+    """The scale in force: ``scale``, else $PREFLAB_SCALE, else "tiny". Lesson 00."""
     scale = scale or os.environ.get("PREFLAB_SCALE", "tiny")
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}: choose one of {SCALES} "
@@ -47,7 +55,7 @@ def current_scale(scale: str | None = None) -> str:
 
 
 def load_tokenizer(path: str | Path | None = None):
-    """The tokenizer of the tiny models (or of the checkpoint at ``path``)."""
+    """The tokenizer of the tiny models (or of the checkpoint at ``path``). Lesson 00."""
     from transformers import AutoTokenizer
 
     path = Path(path) if path is not None else TINY_DIR / "sft"
@@ -67,6 +75,8 @@ def load_policy(scale: str | None = None, stage: str = "sft", path: str | Path |
 
     scale="tiny": ``data/tiny/<stage>`` with stage "base" (pretrained on world text) or "sft"
     (then finetuned on demonstrations). scale="gpt2": GPT-2 124M from ``path`` or by name.
+
+    Lesson 00.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -112,10 +122,9 @@ def load_gpt2_sft(cache_dir: str | Path | None = None, device=None, dtype=None, 
     The tiny scale ships its SFT checkpoint; at GPT-2 scale the same recipe (response-only
     SFT on ``world.demonstrations``) runs once, about 2 minutes on a Colab T4, and is cached in
     ``$PREFLAB_CACHE`` (default ``~/.cache/preflab``) under the world's data version.
-    """
-    from preflab.sft import train_sft
-    from preflab.world import make_world
 
+    Lesson 00 (the GPT-2 scale on Colab).
+    """
     hp = {**GPT2_SFT, **overrides}
     world = make_world(hp["world_seed"])
     cache_dir = Path(cache_dir or os.environ.get("PREFLAB_CACHE", Path.home() / ".cache" / "preflab"))
@@ -126,7 +135,7 @@ def load_gpt2_sft(cache_dir: str | Path | None = None, device=None, dtype=None, 
     print(f"preflab: finetuning GPT-2 on {hp['n_demos']} world demonstrations ({hp['steps']} steps); "
           f"cached in {target}")
     demos = world.demonstrations(hp["n_demos"], rng=hp["seed"] + 1)
-    train_sft(model, tok, demos, steps=hp["steps"], batch_size=hp["batch_size"], lr=hp["lr"], seed=hp["seed"])
+    train_sft(model, tok, demos, SFTConfig(steps=hp["steps"], batch_size=hp["batch_size"], lr=hp["lr"], seed=hp["seed"]))
     target.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(target))
     tok.save_pretrained(str(target))
@@ -136,7 +145,7 @@ def load_gpt2_sft(cache_dir: str | Path | None = None, device=None, dtype=None, 
 
 
 def model_version(model: torch.nn.Module) -> str:
-    """A short hash of the parameters: the policy version recorded in manifests."""
+    """A short hash of the parameters: the policy version recorded in manifests. Lesson 00."""
     h = hashlib.sha256()
     for name, p in sorted(model.state_dict().items()):
         h.update(name.encode())
@@ -144,136 +153,10 @@ def model_version(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-# ----------------------------------------------------------------------------- encoding
-@dataclass
-class Batch:
-    """Right-padded token ids with masks. ``response_mask[b, t] = 1`` where token t of example b
-    belongs to the response (EOS included); prompt and padding are 0."""
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    response_mask: torch.Tensor
-
-    def to(self, device) -> "Batch":
-        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.response_mask.to(device))
-
-    def __len__(self) -> int:
-        return self.input_ids.shape[0]
-
-
-def max_context(model_or_tokenizer=None, default: int = 1024) -> int:
-    cfg = getattr(model_or_tokenizer, "config", None)
-    return int(getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None) or default)
-
-
-def encode(tokenizer, prompts: Sequence[str], responses: Sequence[str], template: str | None = None,
-           max_length: int | None = None, add_eos: bool = True) -> Batch:
-    """Tokenize prompt and response separately and join them, so the mask boundary is exact.
-
-    The prompt is shown through ``template`` (default: the world's ``PROMPT_TEMPLATE``); the
-    response gets a leading space and an EOS token. Raises a clear error for an empty
-    response or a prompt that does not leave room for any response token.
-    """
-    from preflab.world import PROMPT_TEMPLATE
-
-    template = template or PROMPT_TEMPLATE
-    if len(prompts) != len(responses):
-        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-    if len(prompts) == 0:
-        raise ValueError("encode needs at least one (prompt, response) pair")
-    max_length = max_length or getattr(tokenizer, "model_max_length", 1024)
-    if max_length > 100_000:  # tokenizers without a limit report a huge sentinel
-        max_length = 1024
-    rows = []
-    for i, (p, r) in enumerate(zip(prompts, responses)):
-        if not isinstance(r, str) or not r.strip():
-            raise ValueError(f"response {i} is empty: every response needs at least one token "
-                             f"(prompt was {p!r})")
-        p_ids = tokenizer(template.format(prompt=p), add_special_tokens=False)["input_ids"]
-        r_ids = tokenizer(" " + r.strip(), add_special_tokens=False)["input_ids"]
-        if add_eos:
-            r_ids = r_ids + [tokenizer.eos_token_id]
-        if len(p_ids) >= max_length:
-            raise ValueError(f"prompt {i} is {len(p_ids)} tokens, but the context holds {max_length}: "
-                             f"shorten the prompt or use a model with a longer context")
-        r_ids = r_ids[: max_length - len(p_ids)]  # truncate the response, never the prompt
-        rows.append((p_ids, r_ids))
-    T = max(len(p) + len(r) for p, r in rows)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ids = torch.full((len(rows), T), pad, dtype=torch.long)
-    attn = torch.zeros((len(rows), T), dtype=torch.long)
-    resp = torch.zeros((len(rows), T), dtype=torch.long)
-    for b, (p_ids, r_ids) in enumerate(rows):
-        n, m = len(p_ids), len(r_ids)
-        ids[b, : n + m] = torch.tensor(p_ids + r_ids)
-        attn[b, : n + m] = 1
-        resp[b, n: n + m] = 1
-    return Batch(ids, attn, resp)
-
-
-def _check_masks(input_ids, attention_mask, response_mask) -> None:
-    if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must be 2-D (batch, time), got shape {tuple(input_ids.shape)}")
-    for name, m in (("attention_mask", attention_mask), ("response_mask", response_mask)):
-        if m.shape != input_ids.shape:
-            raise ValueError(f"{name} has shape {tuple(m.shape)} but input_ids has {tuple(input_ids.shape)}: "
-                             f"build all three with preflab.model.encode")
-    if bool(((response_mask != 0) & (attention_mask == 0)).any()):
-        raise ValueError("response_mask marks padding tokens (attention_mask is 0 there)")
-    if bool((response_mask[:, 0] != 0).any()):
-        raise ValueError("response_mask marks the first token, which has no prediction: "
-                         "a response must follow at least one prompt token")
-    if bool((response_mask.sum(-1) == 0).any()):
-        bad = (response_mask.sum(-1) == 0).nonzero().flatten().tolist()
-        raise ValueError(f"examples {bad} have an empty response (no 1 in response_mask)")
-
-
-def position_ids_from(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that ignore left padding: 0 at each sequence's first real token."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def token_logprobs(model, input_ids, attention_mask, response_mask=None) -> torch.Tensor:
-    """log pi(x_t | x_<t) for t = 1..T-1, shape (B, T-1), aligned with ``input_ids[:, 1:]``.
-    Positions outside ``response_mask[:, 1:]`` (if given) are set to 0."""
-    out = model(input_ids=input_ids, attention_mask=attention_mask,
-                position_ids=position_ids_from(attention_mask))
-    logits = out.logits[:, :-1].float()
-    logp = torch.gather(F.log_softmax(logits, dim=-1), 2, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    if response_mask is not None:
-        logp = logp * response_mask[:, 1:].to(logp.dtype)
-    return logp
-
-
-def sequence_logprobs(model, input_ids, attention_mask, response_mask, average: bool = False) -> torch.Tensor:
-    """Log-probability of each example's response tokens only, shape (B,).
-
-    summed:   log pi(y|x) = sum_{t in response} log pi(x_t | x_<t)
-    averaged: the same divided by the number of response tokens (``average=True``).
-    """
-    _check_masks(input_ids, attention_mask, response_mask)
-    logp = token_logprobs(model, input_ids, attention_mask, response_mask)
-    total = logp.sum(-1)
-    if average:
-        return total / response_mask[:, 1:].sum(-1).to(total.dtype)
-    return total
-
-
-def response_lengths(batch: Batch) -> torch.Tensor:
-    """Number of response tokens per example (EOS included)."""
-    return batch.response_mask.sum(-1)
-
-
-def trim_padding(batch: Batch) -> Batch:
-    """Drop the columns that are padding in every row (right padding)."""
-    T = int(batch.attention_mask.sum(-1).max())
-    return Batch(batch.input_ids[:, :T], batch.attention_mask[:, :T], batch.response_mask[:, :T])
-
-
 # ----------------------------------------------------------------------------- sampling
 @dataclass(frozen=True)
 class DecodingConfig:
-    """Every setting that changes what the policy says; recorded in each run's manifest."""
+    """Every setting that changes what the policy says; recorded in each run's manifest. Lesson 00."""
 
     max_new_tokens: int = 48
     temperature: float = 1.0
@@ -293,9 +176,7 @@ def generate(model, tokenizer, prompts: Sequence[str], decoding: DecodingConfig 
              seed: int | None = None, template: str | None = None, batch_size: int = 64,
              return_ids: bool = False):
     """Sample one response per prompt. Returns the list of response strings (EOS stripped),
-    or, with ``return_ids``, also a :class:`Batch` of prompt+response ids for scoring."""
-    from preflab.world import PROMPT_TEMPLATE
-
+    or, with ``return_ids``, also a :class:`Batch` of prompt+response ids for scoring. Lesson 00."""
     template = template or PROMPT_TEMPLATE
     if seed is not None:
         torch.manual_seed(seed)
@@ -336,22 +217,13 @@ def generate(model, tokenizer, prompts: Sequence[str], decoding: DecodingConfig 
 
 def _batch_from_ids(rows, tokenizer) -> Batch:
     eos = tokenizer.eos_token_id
-    rows = [(p, r + [eos]) for p, r in rows]  # the stop is part of the response
-    T = max(len(p) + len(r) for p, r in rows)
-    ids = torch.full((len(rows), T), tokenizer.pad_token_id, dtype=torch.long)
-    attn = torch.zeros_like(ids)
-    resp = torch.zeros_like(ids)
-    for b, (p, r) in enumerate(rows):
-        ids[b, : len(p) + len(r)] = torch.tensor(p + r)
-        attn[b, : len(p) + len(r)] = 1
-        resp[b, len(p): len(p) + len(r)] = 1
-    return Batch(ids, attn, resp)
+    return right_pad([(p, r + [eos]) for p, r in rows], tokenizer.pad_token_id)  # the stop is part of the response
 
 
 # ----------------------------------------------------------------------------- manifests
 @dataclass
 class RunManifest:
-    """What a training or evaluation run needs to be reproduced and audited."""
+    """What a training or evaluation run needs to be reproduced and audited. Lesson 00."""
 
     run: str
     data_version: str
@@ -381,10 +253,8 @@ class RunManifest:
 
 def make_manifest(run: str, world, model, decoding: DecodingConfig | None = None, seed: int = 0,
                   scale: str | None = None, **hyperparameters) -> RunManifest:
-    """A manifest for a run on ``world`` with ``model`` (its parameters hashed as the version)."""
-    from preflab.world import PROMPT_TEMPLATE, RUBRIC
-
+    """A manifest for a run on ``world`` with ``model`` (its parameters hashed as the version). Lesson 00."""
     return RunManifest(run=run, data_version=world.version_hash, prompt_template=PROMPT_TEMPLATE,
                        policy_version=model_version(model), decoding=asdict(decoding or DecodingConfig()),
-                       seed=seed, hyperparameters=hyperparameters, rubric_version=RUBRIC["version"],
+                       seed=seed, hyperparameters=hyperparameters, rubric_version=world_module.RUBRIC["version"],
                        scale=current_scale(scale))

@@ -39,6 +39,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from preflab.world import as_rng
+
 __all__ = [
     "PAIR_FIELDS", "PROVENANCE_FIELDS", "REQUIRED_FIELDS", "PairValidationError",
     "make_record", "find_problems", "validate_pairs", "filter_valid", "drop_empty", "record_hash", "dataset_hash",
@@ -54,7 +56,7 @@ REQUIRED_FIELDS = PAIR_FIELDS + PROVENANCE_FIELDS
 
 class PairValidationError(ValueError):
     """A preference data set failed validation. ``problems`` lists (row index, message) for
-    every problem found, not just the first, so one run shows everything to fix."""
+    every problem found, not just the first, so one run shows everything to fix. Lesson 02."""
 
     def __init__(self, problems: list[tuple[int | None, str]]):
         self.problems = list(problems)
@@ -65,7 +67,7 @@ class PairValidationError(ValueError):
 
 def make_record(prompt: str, chosen: str, rejected: str, *, labeler: str, policy_version: str,
                 rubric_version: str, data_version: str, **extra) -> dict:
-    """One preference record (x, y_w, y_l) with its provenance; ``extra`` keys are kept as they are."""
+    """One preference record (x, y_w, y_l) with its provenance; ``extra`` keys are kept as they are. Lesson 02."""
     rec = {"prompt": prompt, "chosen": chosen, "rejected": rejected, "labeler": labeler,
            "policy_version": policy_version, "rubric_version": rubric_version, "data_version": data_version}
     rec.update(extra)
@@ -79,7 +81,7 @@ def _blank(v) -> bool:
 def find_problems(records: Sequence[Mapping], *, require_provenance: bool = True,
                   split_field: str = "split") -> list[tuple[int | None, str]]:
     """Every problem in ``records`` as (row index, message), sorted by row; [] if none.
-    The checks are those of :func:`validate_pairs`."""
+    The checks are those of :func:`validate_pairs`. Lesson 02."""
     if isinstance(records, (str, bytes)) or not hasattr(records, "__len__"):
         raise TypeError("validate_pairs takes a list of records (dicts), e.g. from load_jsonl()")
     problems: list[tuple[int | None, str]] = []
@@ -129,6 +131,8 @@ def validate_pairs(records: Sequence[Mapping], *, require_provenance: bool = Tru
     and non-empty (unless ``require_provenance=False``). Across rows: exact duplicates of
     (prompt, chosen, rejected) and, when records carry a ``split`` field, prompts that occur in
     more than one split (leakage). Returns the records unchanged when all is well.
+
+    Lesson 02.
     """
     problems = find_problems(records, require_provenance=require_provenance, split_field=split_field)
     if problems:
@@ -141,6 +145,8 @@ def filter_valid(records: Sequence[Mapping], *, require_provenance: bool = True)
 
     Returns ``(kept, problems)``; report ``problems`` rather than dropping rows silently.
     Cross-split leakage is not fixed here: re-split with :func:`split_by_prompt`.
+
+    Lesson 02.
     """
     problems = [p for p in find_problems(records, require_provenance=require_provenance, split_field="\0")
                 if p[0] is not None]
@@ -152,7 +158,7 @@ def filter_valid(records: Sequence[Mapping], *, require_provenance: bool = True)
 def drop_empty(records: Sequence[Mapping]) -> list[Mapping]:
     """The records whose chosen and rejected responses both hold some text. The world's grammar
     can write an empty answer (a how-to with every step dropped); a loss on log-probs or a reward
-    model needs at least one response token per side."""
+    model needs at least one response token per side. Lesson 02."""
     return [r for r in records if str(r.get("chosen", "")).strip() and str(r.get("rejected", "")).strip()]
 
 
@@ -161,7 +167,7 @@ def _canonical(obj) -> bytes:
 
 
 def record_hash(record: Mapping) -> str:
-    """A short sha256 of one record's full content (every field, key order ignored)."""
+    """A short sha256 of one record's full content (every field, key order ignored). Lesson 02."""
     return hashlib.sha256(_canonical(dict(record))).hexdigest()[:16]
 
 
@@ -170,6 +176,8 @@ def dataset_hash(records: Iterable[Mapping]) -> str:
 
     Row order does not matter (shuffling is not a new data set); any changed field, added,
     removed or duplicated record gives a new version.
+
+    Lesson 02.
     """
     hashes = sorted(record_hash(r) for r in records)
     return hashlib.sha256(("\n".join(hashes)).encode()).hexdigest()[:16]
@@ -202,6 +210,8 @@ def split_by_prompt(records: Sequence[Mapping], fractions=(0.8, 0.2), seed: int 
     The distinct prompts are shuffled with ``seed`` and cut by ``fractions`` (so fractions
     count prompts, not rows). Returns a tuple of lists, or a dict if ``fractions`` is a dict
     such as ``{"train": 0.8, "test": 0.2}``.
+
+    Lesson 02.
     """
     names, f = _check_fractions(fractions)
     prompts = list(dict.fromkeys(r["prompt"] for r in records))
@@ -218,7 +228,7 @@ def split_by_prompt(records: Sequence[Mapping], fractions=(0.8, 0.2), seed: int 
 
 
 def split_by_row(records: Sequence[Mapping], fractions=(0.8, 0.2), seed: int = 0):
-    """Split records row by row, ignoring prompts (the mistake :func:`check_leakage` measures)."""
+    """Split records row by row, ignoring prompts (the mistake :func:`check_leakage` measures). Lesson 02."""
     names, f = _check_fractions(fractions)
     order = np.random.default_rng(seed).permutation(len(records))
     bounds = _cut(len(records), f)
@@ -232,6 +242,8 @@ def check_leakage(train: Sequence[Mapping], test: Sequence[Mapping]) -> dict:
     Returns ``{"shared_prompts": sorted list, "prompt_rate": share of distinct test prompts seen
     in train, "row_rate": share of test rows whose prompt was seen in train,
     "duplicate_rows": test rows whose (prompt, chosen, rejected) also occurs in train}``.
+
+    Lesson 02.
     """
     train_prompts = {r["prompt"] for r in train}
     train_keys = {tuple(r[f] for f in PAIR_FIELDS) for r in train}
@@ -248,7 +260,7 @@ def check_leakage(train: Sequence[Mapping], test: Sequence[Mapping]) -> dict:
 
 # ----------------------------------------------------------------------------- I/O and formats
 def save_jsonl(records: Iterable[Mapping], path: str | Path) -> Path:
-    """Write one JSON object per line (UTF-8). Returns the path."""
+    """Write one JSON object per line (UTF-8). Returns the path. Lesson 02."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as fh:
@@ -258,7 +270,7 @@ def save_jsonl(records: Iterable[Mapping], path: str | Path) -> Path:
 
 
 def load_jsonl(path: str | Path) -> list[dict]:
-    """Read a JSONL file of records; a bad line raises ValueError naming its line number."""
+    """Read a JSONL file of records; a bad line raises ValueError naming its line number. Lesson 02."""
     out = []
     with Path(path).open(encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):
@@ -278,6 +290,8 @@ def to_trl(records: Sequence[Mapping], template: str | None = None, keep_provena
     model sees it and each response gets the leading space that :func:`preflab.model.encode` uses,
     so TRL's concatenation prompt + chosen reproduces the course's tokens. ``keep_provenance``
     copies the provenance fields along (TRL ignores extra columns).
+
+    Lesson 02.
     """
     rows = []
     for r in records:
@@ -293,7 +307,7 @@ def to_trl(records: Sequence[Mapping], template: str | None = None, keep_provena
 
 def from_trl(rows: Iterable[Mapping], template: str | None = None, **provenance) -> list[dict]:
     """TRL rows back to records. ``template`` strips the prompt template that :func:`to_trl` added;
-    ``provenance`` (labeler=..., policy_version=..., ...) fills fields the rows lack."""
+    ``provenance`` (labeler=..., policy_version=..., ...) fills fields the rows lack. Lesson 02."""
     prefix = suffix = ""
     if template is not None:
         prefix, _, suffix = template.partition("{prompt}")
@@ -319,7 +333,7 @@ def from_trl(rows: Iterable[Mapping], template: str | None = None, **provenance)
 
 
 def to_dataset(records: Sequence[Mapping]):
-    """A ``datasets.Dataset`` from records (``Dataset.from_list``): what TRL trainers take."""
+    """A ``datasets.Dataset`` from records (``Dataset.from_list``): what TRL trainers take. Lesson 02."""
     from datasets import Dataset
 
     if len(records) == 0:
@@ -332,6 +346,8 @@ def load_pairs_dataset(path: str | Path, split: str = "train"):
 
     The same call loads a real preference set you have downloaded (any file with prompt,
     chosen and rejected columns); nothing here contacts the network.
+
+    Lesson 02.
     """
     from datasets import load_dataset
 
@@ -353,8 +369,10 @@ def relabel(world, records: Sequence[Mapping], labeler, rng) -> np.ndarray:
     Returns a 0/1 array: 1 where the new labeler prefers the side shown first (the record's
     ``chosen``). Two labelers run on the same records give overlapping labels for
     :func:`agreement` and :func:`cohens_kappa`.
+
+    Lesson 02 (and 10's unbiased control).
     """
-    rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
+    rng = as_rng(rng)
     return np.array([labeler.label(world, r["prompt"], r["chosen"], r["rejected"], rng) for r in records], dtype=int)
 
 
@@ -368,7 +386,7 @@ def _labels_pair(a, b) -> tuple[np.ndarray, np.ndarray]:
 
 
 def agreement(labels_a, labels_b) -> float:
-    """Observed agreement p_o: the share of shared items the two labelers labelled the same."""
+    """Observed agreement p_o: the share of shared items the two labelers labelled the same. Lesson 02."""
     a, b = _labels_pair(labels_a, labels_b)
     return float(np.mean(a == b))
 
@@ -379,6 +397,8 @@ def cohens_kappa(labels_a, labels_b) -> float:
     1 is perfect agreement, 0 is chance level given each labeler's label rates, negative is
     worse than chance. If both labelers use a single class throughout (p_e = 1) kappa is
     undefined and a ValueError says so.
+
+    Lesson 02.
     """
     a, b = _labels_pair(labels_a, labels_b)
     p_o = float(np.mean(a == b))
@@ -391,7 +411,7 @@ def cohens_kappa(labels_a, labels_b) -> float:
 
 def predicted_agreement(probs) -> float:
     """Expected agreement of two independent labelers who each prefer the first response with
-    probability p (per item):  E[p^2 + (1 - p)^2]."""
+    probability p (per item):  E[p^2 + (1 - p)^2]. Lesson 02."""
     p = np.asarray(list(probs) if not isinstance(probs, np.ndarray) else probs, dtype=float)
     if p.size == 0 or np.any((p < 0) | (p > 1)):
         raise ValueError("predicted_agreement needs probabilities in [0, 1], at least one")

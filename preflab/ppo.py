@@ -44,10 +44,10 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from preflab.model import DecodingConfig, generate, position_ids_from
+from preflab.model import DecodingConfig, generate
+from preflab.sequences import hidden_size, max_context, right_pad, token_logprobs
 
 __all__ = ["PPOConfig", "ValueHead", "train_ppo", "gae_advantages", "per_token_rewards",
            "clipped_surrogate", "whiten", "frozen_copy"]
@@ -55,36 +55,52 @@ __all__ = ["PPOConfig", "ValueHead", "train_ppo", "gae_advantages", "per_token_r
 
 @dataclass
 class PPOConfig:
-    """Every PPO hyperparameter, in one place (recorded in run manifests via ``asdict``).
-
-    kl_coef: weight of the per-token KL penalty (higher: the policy stays closer to the reference).
-    clip_eps: PPO clip range on the probability ratio. vf_coef: weight of the value loss.
-    ppo_epochs / minibatch_size: how many passes, in what minibatches, over each step's rollouts.
-    gamma, lam: GAE discount and bias-variance trade-off (gamma = 1: no discount within a reply).
-    whiten_advantages: normalize advantages to mean 0, sd 1 over the step's response tokens.
-    ptx_coef: weight of the pretraining-mix LM loss (0 = plain PPO; InstructGPT's PPO-ptx uses > 0).
-    eval_every: call eval_fn every this many steps (and always at step 0 and at the end).
-    """
+    """Every PPO hyperparameter, in one place (recorded in run manifests via ``asdict``). Lesson 06."""
 
     steps: int = 40
+    """Policy updates; the history has steps + 1 entries (entry 0 is the starting policy)."""
     prompts_per_step: int = 64
+    """Prompts drawn (with replacement) per step, one rollout each."""
     kl_coef: float = 0.05
+    """Weight of the per-token KL penalty: higher keeps the policy closer to the reference."""
     clip_eps: float = 0.2
+    """PPO's clip range on the probability ratio rho_t."""
     vf_coef: float = 0.5
+    """Weight of the value loss."""
     ppo_epochs: int = 2
+    """Passes over each step's rollouts."""
     minibatch_size: int = 32
+    """Rollouts per gradient step within a pass."""
     lr: float = 3e-4
-    gamma: float = 1.0
-    lam: float = 0.95
-    max_new_tokens: int = 40
-    temperature: float = 1.0
-    whiten_advantages: bool = True
-    max_grad_norm: float = 1.0
-    ptx_coef: float = 0.0
-    ptx_batch_size: int = 32
+    """Policy learning rate (Adam, constant)."""
     value_lr: float = 3e-3
+    """Value head learning rate (Adam, constant)."""
+    adam_eps: float = 1e-5
+    """Adam's epsilon (CleanRL's PPO value, larger than torch's 1e-8)."""
+    value_width: int = 64
+    """Hidden width of the value head's MLP."""
+    gamma: float = 1.0
+    """GAE discount (1: no discount within a reply)."""
+    lam: float = 0.95
+    """GAE's bias-variance trade-off lambda."""
+    max_new_tokens: int = 40
+    """Longest rollout, in tokens."""
+    temperature: float = 1.0
+    """Sampling temperature of the rollouts."""
+    whiten_advantages: bool = True
+    """Normalize advantages to mean 0, sd 1 over the step's response tokens."""
+    max_grad_norm: float = 1.0
+    """Clip the policy gradient's global norm to this."""
+    ptx_coef: float = 0.0
+    """Weight of the pretraining-mix LM loss (0: plain PPO; InstructGPT's PPO-ptx uses > 0)."""
+    ptx_batch_size: int = 32
+    """Pretraining texts per gradient step for the ptx term."""
     eval_every: int = 10
+    """Call eval_fn every this many steps (and always at step 0 and at the end)."""
     seed: int = 0
+    """Seeds prompt draws and minibatch order (numpy), torch, and step t's rollouts (sampling seed seed * 100003 + t)."""
+    progress: bool = True
+    """Show a tqdm progress bar."""
 
     def __post_init__(self):
         positive = dict(steps=self.steps, prompts_per_step=self.prompts_per_step, ppo_epochs=self.ppo_epochs,
@@ -102,7 +118,7 @@ class PPOConfig:
 
 
 class ValueHead(nn.Module):
-    """V(s_t): a two-layer MLP on the policy's last hidden state at token t, giving one scalar."""
+    """V(s_t): a two-layer MLP on the policy's last hidden state at token t, giving one scalar. Lesson 06."""
 
     def __init__(self, hidden_size: int, width: int = 64):
         super().__init__()
@@ -113,7 +129,7 @@ class ValueHead(nn.Module):
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:
-    """A deep copy in eval mode with gradients off: the reference policy."""
+    """A deep copy in eval mode with gradients off: the reference policy. Lesson 06."""
     ref = copy.deepcopy(model).eval()
     for p in ref.parameters():
         p.requires_grad_(False)
@@ -122,19 +138,16 @@ def frozen_copy(model: nn.Module) -> nn.Module:
 
 # ----------------------------------------------------------------------------- the pieces
 def _forward(model, input_ids, attention_mask, hidden: bool = False):
-    """Per-token log-probs of the actual next tokens, shape (B, T-1) aligned with input_ids[:, 1:],
-    and (with ``hidden``) the last hidden states at the predicting positions, (B, T-1, H)."""
-    out = model(input_ids=input_ids, attention_mask=attention_mask,
-                position_ids=position_ids_from(attention_mask), output_hidden_states=hidden)
-    logits = out.logits[:, :-1].float()
-    logp = torch.gather(F.log_softmax(logits, dim=-1), 2, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    return logp, (out.hidden_states[-1][:, :-1] if hidden else None)
+    """Per-token log-probs (B, T-1) and, with ``hidden``, the last hidden states (B, T-1, H), or None."""
+    if hidden:
+        return token_logprobs(model, input_ids, attention_mask, hidden=True)
+    return token_logprobs(model, input_ids, attention_mask), None
 
 
 def per_token_rewards(scores: torch.Tensor, logp: torch.Tensor, logp_ref: torch.Tensor,
                       mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
     """r_t = -kl_coef * (logp_t - logp_ref_t) on response tokens, plus the sequence score at the
-    last response token of each row. All (B, T) except ``scores`` (B,); zero outside ``mask``."""
+    last response token of each row. All (B, T) except ``scores`` (B,); zero outside ``mask``. Lesson 06."""
     mask = mask.to(logp.dtype)
     if bool((mask.sum(-1) == 0).any()):
         raise ValueError("every row needs at least one response token in mask")
@@ -152,6 +165,8 @@ def gae_advantages(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tens
     delta_t = r_t + gamma * V_{t+1} * m_{t+1} - V_t, and A_t = sum_{k >= t} (gamma*lam)^(k-t) delta_k
     (as a matrix product with D[t, k] = (gamma*lam)^(k-t) for k >= t). Returns (advantages,
     returns = advantages + values), both zero outside the mask.
+
+    Lesson 06.
     """
     if rewards.shape != values.shape or rewards.shape != mask.shape:
         raise ValueError(f"rewards, values and mask must have one shape, got {tuple(rewards.shape)}, "
@@ -169,7 +184,7 @@ def gae_advantages(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tens
 
 
 def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """(x - mean) / sd over the masked entries; zero outside the mask."""
+    """(x - mean) / sd over the masked entries; zero outside the mask. Lesson 06."""
     m = mask.to(x.dtype)
     n = m.sum().clamp(min=1)
     mean = (x * m).sum() / n
@@ -182,6 +197,8 @@ def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Ten
     """PPO's clipped policy loss (to minimize), a mean over masked tokens:
 
         loss = E_t[ max(-A_t * rho_t, -A_t * clip(rho_t, 1 - eps, 1 + eps)) ],  rho_t = exp(logp - old_logp)
+
+    Lesson 06.
     """
     m = mask.to(logp.dtype)
     n = m.sum().clamp(min=1)
@@ -197,22 +214,17 @@ def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Ten
 def _lm_batch(tokenizer, texts: Sequence[str], device, max_length: int):
     """Right-padded ids of plain texts (with EOS) for the pretraining-mix loss."""
     eos = tokenizer.eos_token_id
-    rows = [tokenizer(t, add_special_tokens=False)["input_ids"][: max_length - 1] + [eos] for t in texts]
-    T = max(len(r) for r in rows)
-    ids = torch.full((len(rows), T), tokenizer.pad_token_id, dtype=torch.long)
-    attn = torch.zeros_like(ids)
-    for b, r in enumerate(rows):
-        ids[b, : len(r)] = torch.tensor(r)
-        attn[b, : len(r)] = 1
-    return ids.to(device), attn.to(device)
+    b = right_pad([([], tokenizer(t, add_special_tokens=False)["input_ids"][: max_length - 1] + [eos]) for t in texts],
+                  tokenizer.pad_token_id)
+    return b.input_ids.to(device), b.attention_mask.to(device)
 
 
 # ----------------------------------------------------------------------------- the loop
 def train_ppo(policy, reference, tokenizer, prompts: Sequence[str],
               reward_fn: Callable[[Sequence[str], Sequence[str]], Sequence[float]],
-              config: PPOConfig = PPOConfig(), ptx_texts: Sequence[str] | None = None,
+              cfg: PPOConfig = PPOConfig(), ptx_texts: Sequence[str] | None = None,
               eval_fn: Callable[[nn.Module], dict] | None = None,
-              callback: Callable[[int, dict], None] | None = None, progress: bool = True) -> list[dict]:
+              callback: Callable[[int, dict], bool | None] | None = None) -> list[dict]:
     """Train ``policy`` in place with PPO against ``reward_fn`` and a KL penalty to ``reference``.
 
     prompts: the training prompt pool (each step draws ``prompts_per_step`` of them with replacement).
@@ -225,9 +237,9 @@ def train_ppo(policy, reference, tokenizer, prompts: Sequence[str],
     reward of that step's rollouts), ``kl`` (mean over rollouts of the summed log-ratio
     log pi(y|x) - log pi_ref(y|x), nats per response), ``kl_penalty``, ``length`` (response tokens),
     PPO diagnostics (``clipfrac``, ``approx_kl``, ``value_loss``, ``ptx_loss``), ``seconds``, and
-    whatever ``eval_fn`` returned on the steps it ran.
+    whatever ``eval_fn`` returned on the steps it ran. ``callback(step, metrics)`` is called
+    after each entry; if it returns True, training stops there. Lessons 06, 08 and 12.
     """
-    cfg = config
     if len(prompts) == 0:
         raise ValueError("train_ppo needs a non-empty prompt pool")
     if cfg.ptx_coef > 0 and not ptx_texts:
@@ -238,16 +250,15 @@ def train_ppo(policy, reference, tokenizer, prompts: Sequence[str],
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
     reference.eval()
-    hidden_size = policy.config.hidden_size if hasattr(policy.config, "hidden_size") else policy.config.n_embd
-    value_head = ValueHead(hidden_size).to(device)
+    value_head = ValueHead(hidden_size(policy), cfg.value_width).to(device)
     opt = torch.optim.Adam([{"params": [p for p in policy.parameters() if p.requires_grad], "lr": cfg.lr},
-                            {"params": value_head.parameters(), "lr": cfg.value_lr}], eps=1e-5)
+                            {"params": value_head.parameters(), "lr": cfg.value_lr}], eps=cfg.adam_eps)
     decoding = DecodingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
-    ctx = getattr(policy.config, "n_positions", 1024)
+    ctx = max_context(policy)
     history: list[dict] = []
     prompts = list(prompts)
 
-    for step in tqdm(range(cfg.steps + 1), desc="ppo", disable=not progress, mininterval=2):
+    for step in tqdm(range(cfg.steps + 1), desc="ppo", disable=not cfg.progress, mininterval=2):
         t0 = time.time()
         # ---- 1. rollout and 2. score
         batch_prompts = [prompts[i] for i in rng.integers(len(prompts), size=cfg.prompts_per_step)]
@@ -318,11 +329,11 @@ def train_ppo(policy, reference, tokenizer, prompts: Sequence[str],
         row.update({k: float(np.mean(v)) for k, v in stats.items() if v})
         row["seconds"] = time.time() - t0
         history.append(row)
-        if callback is not None:
-            callback(step, row)
+        if callback is not None and callback(step, row):
+            break
     return history
 
 
 def config_dict(config: PPOConfig) -> dict:
-    """The config as a plain dict (for manifests)."""
+    """The config as a plain dict (for manifests). Lesson 06."""
     return asdict(config)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -41,9 +42,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from preflab.model import Batch, encode, load_policy, position_ids_from
+from preflab.data import check_records, encode_pairs, stack_pairs
+from preflab.model import load_policy
+from preflab.schedule import lr_at, set_lr
+from preflab.sequences import encode, hidden_size, pad_id, position_ids_from
+from preflab.world import FILLER, KINDS, REFUSALS, as_rng
 
-__all__ = ["RewardModel", "POOLINGS", "pool_index", "load_reward_model", "reward_pair_loss",
+__all__ = ["RewardModel", "RewardConfig", "POOLINGS", "pool_index", "load_reward_model", "reward_pair_loss",
            "train_reward_model", "score", "score_pairs", "pairwise_accuracy", "accuracy_from_rewards", "reliability",
            "rewardbench_subsets"]
 
@@ -57,6 +62,8 @@ def pool_index(attention_mask: torch.Tensor, pooling: str = "last") -> torch.Ten
     "last": the last real token, max{t : mask[b, t] = 1} (correct for right and left padding);
     "first": position 0 (sees only the start of the prompt: a bug);
     "final_column": T - 1 for every row (a pad token in right-padded rows: a bug).
+
+    Lesson 04.
     """
     if attention_mask.dim() != 2:
         raise ValueError(f"attention_mask must be 2-D (batch, time), got shape {tuple(attention_mask.shape)}")
@@ -80,6 +87,8 @@ class RewardModel(torch.nn.Module):
     token of each row (see :func:`pool_index`; ``pooling`` may be changed to show the bug).
     Position ids come from the attention mask, so left-padded rows score the same as
     right-padded ones.
+
+    Lesson 04.
     """
 
     def __init__(self, backbone: torch.nn.Module, pooling: str = "last"):
@@ -88,7 +97,7 @@ class RewardModel(torch.nn.Module):
             raise ValueError(f"unknown pooling {pooling!r}: choose one of {POOLINGS}")
         self.backbone = backbone
         self.config = backbone.config
-        hidden = int(getattr(backbone.config, "n_embd", None) or backbone.config.hidden_size)
+        hidden = hidden_size(backbone)
         self.head = torch.nn.Linear(hidden, 1)
         torch.nn.init.normal_(self.head.weight, std=1.0 / (hidden + 1) ** 0.5)
         torch.nn.init.zeros_(self.head.bias)
@@ -120,6 +129,8 @@ def load_reward_model(scale: str | None = None, init: str = "sft", pooling: str 
 
     ``init`` is the policy stage ("sft" as in InstructGPT, or "base"); the LM head is dropped
     and a fresh scalar head (seeded by ``seed``) is put on the transformer.
+
+    Lesson 04.
     """
     if init not in ("sft", "base"):
         raise ValueError(f"unknown init {init!r}: choose 'sft' (as InstructGPT does) or 'base'")
@@ -140,6 +151,8 @@ def reward_pair_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin: t
     ``margin`` m (a scalar or per-pair tensor; None means 0) asks the chosen reward to exceed the
     rejected one by at least m, as in Llama 2 and TRL's ``margin`` column. Computed with
     logsigmoid, so it stays finite at any margin.
+
+    Lesson 04.
     """
     if r_chosen.shape != r_rejected.shape:
         raise ValueError(f"r_chosen has shape {tuple(r_chosen.shape)} but r_rejected has "
@@ -155,72 +168,29 @@ def reward_pair_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin: t
     return loss
 
 
-# ----------------------------------------------------------------------------- batching
-def _check_records(records: Sequence[dict], what: str = "records") -> None:
-    if len(records) == 0:
-        raise ValueError(f"{what} is empty: pass prompt/chosen/rejected dicts "
-                         f"(preflab.world.World.preference_pairs makes them)")
-    for i, rec in enumerate(records):
-        if not isinstance(rec, dict) or not all(k in rec for k in ("prompt", "chosen", "rejected")):
-            raise ValueError(f"{what}[{i}] must be a dict with keys prompt, chosen, rejected (TRL's format; "
-                             f"World.preference_pairs makes them)")
-        for k in ("chosen", "rejected"):
-            if not isinstance(rec[k], str) or not rec[k].strip():
-                raise ValueError(f"{what}[{i}] has an empty {k!r} response: drop such records "
-                                 f"first (preflab.pairs.drop_empty(records)) or fill in the response")
-
-
-def _stack(c: Batch, r: Batch, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """[chosen; rejected] in one right-padded tensor, cut to the longest real row."""
-    T = int(max(c.attention_mask.sum(-1).max(), r.attention_mask.sum(-1).max()))
-
-    def fit(x: torch.Tensor, fill: int) -> torch.Tensor:
-        if x.shape[1] >= T:
-            return x[:, :T]
-        return torch.cat([x, x.new_full((x.shape[0], T - x.shape[1]), fill)], 1)
-
-    ids = torch.cat([fit(c.input_ids, pad_id), fit(r.input_ids, pad_id)])
-    attn = torch.cat([fit(c.attention_mask, 0), fit(r.attention_mask, 0)])
-    return ids, attn
-
-
-def _pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-
-def _encode_records(tokenizer, records: Sequence[dict]) -> tuple[Batch, Batch]:
-    prompts = [r["prompt"] for r in records]
-    return (encode(tokenizer, prompts, [r["chosen"] for r in records]),
-            encode(tokenizer, prompts, [r["rejected"] for r in records]))
-
-
-def _rows(b: Batch, idx) -> Batch:
-    return Batch(b.input_ids[idx], b.attention_mask[idx], b.response_mask[idx])
-
-
+# ----------------------------------------------------------------------------- scoring
 @torch.no_grad()
 def score_pairs(rm: RewardModel, tokenizer, records: Sequence[dict], batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
-    """Rewards of every record's chosen and rejected response: (r_chosen, r_rejected) arrays."""
-    _check_records(records)
-    c_all, r_all = _encode_records(tokenizer, records)
+    """Rewards of every record's chosen and rejected response: (r_chosen, r_rejected) arrays. Lesson 04."""
+    enc = encode_pairs(tokenizer, records)
     dev = next(rm.parameters()).device
     was = rm.training
     rm.eval()
-    rc, rr = [], []
+    r_chosen, r_rejected = [], []
     for s in range(0, len(records), batch_size):
         idx = torch.arange(s, min(len(records), s + batch_size))
-        ids, attn = _stack(_rows(c_all, idx), _rows(r_all, idx), _pad_id(tokenizer))
-        out = rm(ids.to(dev), attn.to(dev)).cpu()
-        rc.append(out[: len(idx)])
-        rr.append(out[len(idx):])
+        b = stack_pairs(enc, idx, pad_id(tokenizer))
+        out = rm(b.input_ids.to(dev), b.attention_mask.to(dev)).cpu()
+        r_chosen.append(out[: len(idx)])
+        r_rejected.append(out[len(idx):])
     rm.train(was)
-    return torch.cat(rc).numpy(), torch.cat(rr).numpy()
+    return torch.cat(r_chosen).numpy(), torch.cat(r_rejected).numpy()
 
 
 @torch.no_grad()
 def score(rm: RewardModel, tokenizer, prompts: Sequence[str], responses: Sequence[str],
           batch_size: int = 64) -> np.ndarray:
-    """r(x, y) for each (prompt, response), as a numpy array of shape (N,)."""
+    """r(x, y) for each (prompt, response), as a numpy array of shape (N,). Lesson 04."""
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     if len(prompts) == 0:
@@ -241,104 +211,126 @@ def pairwise_accuracy(rm: RewardModel, tokenizer, records: Sequence[dict], batch
     """Share of records where r(chosen) > r(rejected); ties count half.
 
     A tie is equality up to float noise (|r_c - r_r| <= 1e-5 * (1 + |r_c|)): two identical
-    responses in different rows of a batch can differ in the last bits."""
-    rc, rr = score_pairs(rm, tokenizer, records, batch_size)
-    return accuracy_from_rewards(rc, rr)
+    responses in different rows of a batch can differ in the last bits. Lesson 04."""
+    r_chosen, r_rejected = score_pairs(rm, tokenizer, records, batch_size)
+    return accuracy_from_rewards(r_chosen, r_rejected)
 
 
 def accuracy_from_rewards(r_chosen, r_rejected) -> float:
-    """Pairwise accuracy from reward arrays: wins count 1, ties (up to float noise) count half."""
-    rc, rr = np.asarray(r_chosen, dtype=float), np.asarray(r_rejected, dtype=float)
-    tie = np.abs(rc - rr) <= 1e-5 * (1.0 + np.abs(rc))
-    return float(np.mean(np.where(tie, 0.5, (rc > rr).astype(float))))
+    """Pairwise accuracy from reward arrays: wins count 1, ties (up to float noise) count half. Lesson 04."""
+    c, r = np.asarray(r_chosen, dtype=float), np.asarray(r_rejected, dtype=float)
+    tie = np.abs(c - r) <= 1e-5 * (1.0 + np.abs(c))
+    return float(np.mean(np.where(tie, 0.5, (c > r).astype(float))))
 
 
 # ----------------------------------------------------------------------------- training
-def train_reward_model(rm: RewardModel, tokenizer, records: Sequence[dict], epochs: int = 1, batch_size: int = 32,
-                       lr: float = 1e-3, seed: int = 0, eval_records: Sequence[dict] | None = None,
-                       progress: bool = True, callback: Callable[[int, dict], bool | None] | None = None,
-                       margin_key: str | None = None, center_coef: float = 0.0, weight_decay: float = 0.0,
-                       max_grad_norm: float | None = 1.0, warmup_steps: int = 10,
-                       eval_every: int | None = None) -> list[dict]:
-    """Train ``rm`` in place on prompt/chosen/rejected ``records``; return one dict per step.
+@dataclass
+class RewardConfig:
+    """Every setting of one reward-model run (recorded in run manifests via ``asdict``). Lesson 04."""
 
-    Each step scores chosen and rejected in ONE forward pass (the two halves concatenated
-    along the batch) and minimizes the mean of :func:`reward_pair_loss`. History keys:
-    ``step``, ``epoch``, ``loss``, ``accuracy`` (batch share with r_c > r_r), ``margin``
-    (mean r_c - r_r), ``lr``, ``elapsed_s``; with ``eval_records``, ``eval_accuracy`` and
-    ``eval_loss`` after each epoch (and every ``eval_every`` steps, if given). ``margin_key`` names a per-record margin column;
-    ``callback(step, metrics)`` returning True stops training. Learning rate: linear warm-up
-    over ``warmup_steps``, then cosine decay to 10% of ``lr``.
+    epochs: int = 1
+    """Passes over the records (each in a fresh random order)."""
+    batch_size: int = 32
+    """Pairs per step (chosen and rejected scored in one forward pass of 2 x batch_size rows)."""
+    lr: float = 1e-3
+    """Peak learning rate (AdamW)."""
+    warmup_steps: int = 10
+    """Linear warm-up steps, then cosine decay to ``lr_floor`` of ``lr`` at the last step."""
+    lr_floor: float = 0.1
+    """Where the cosine ends, as a fraction of ``lr``."""
+    weight_decay: float = 0.0
+    """AdamW's decoupled weight decay."""
+    max_grad_norm: float | None = 1.0
+    """Clip the gradient's global norm to this (None: no clipping)."""
+    margin_key: str | None = None
+    """Name of a per-record margin column m: the loss asks r_c - r_r >= m (Llama 2; TRL's ``margin``)."""
+    center_coef: float = 0.0
+    """Weight of (r_c + r_r)^2, which pins the free per-prompt offset near 0 (TRL's center_rewards_coefficient)."""
+    eval_every: int | None = None
+    """With eval_records: evaluate every this many steps as well as at the end of each epoch."""
+    seed: int = 0
+    """Seeds the batch order (numpy) and torch."""
+    progress: bool = True
+    """Show a tqdm progress bar."""
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.eval_every is not None and self.eval_every < 1:
+            raise ValueError(f"eval_every must be >= 1 (or None), got {self.eval_every}")
+
+
+def train_reward_model(rm: RewardModel, tokenizer, records: Sequence[dict], cfg: RewardConfig = RewardConfig(),
+                       eval_records: Sequence[dict] | None = None,
+                       callback: Callable[[int, dict], bool | None] | None = None) -> list[dict]:
+    """Train ``rm`` in place on prompt/chosen/rejected ``records``; return one dict per step. Lesson 04.
+
+    Each step scores chosen and rejected in ONE forward pass (the two halves concatenated along
+    the batch) and minimizes the mean of :func:`reward_pair_loss`. History keys: ``step``,
+    ``epoch``, ``lr``, ``loss``, ``accuracy`` (batch share with r_c > r_r, ties half),
+    ``margin`` (mean r_c - r_r), ``grad_norm``, ``elapsed_s``; with ``eval_records``,
+    ``eval_accuracy`` and ``eval_loss`` after each epoch (and every ``cfg.eval_every`` steps).
+    ``callback(step, metrics)`` returning True stops training.
     """
-    _check_records(records)
+    check_records(records)
     if eval_records is not None:
-        _check_records(eval_records, "eval_records")
-    if epochs < 1 or batch_size < 1:
-        raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
-    if eval_every is not None and eval_every < 1:
-        raise ValueError(f"eval_every must be >= 1 (or None), got {eval_every}")
-    if margin_key is not None and any(margin_key not in r for r in records):
-        raise ValueError(f"margin_key {margin_key!r} is missing from some records")
-    rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
-    pad = _pad_id(tokenizer)
-    c_all, r_all = _encode_records(tokenizer, records)
-    margins = (torch.tensor([float(r[margin_key]) for r in records]) if margin_key is not None else None)
+        check_records(eval_records, "eval_records")
+    if cfg.margin_key is not None and any(cfg.margin_key not in r for r in records):
+        raise ValueError(f"margin_key {cfg.margin_key!r} is missing from some records")
+    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    pad = pad_id(tokenizer)
+    enc = encode_pairs(tokenizer, records)
+    margins = (torch.tensor([float(r[cfg.margin_key]) for r in records]) if cfg.margin_key is not None else None)
     n = len(records)
-    steps_per_epoch = -(-n // batch_size)
-    total = steps_per_epoch * epochs
+    steps_per_epoch = -(-n // cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
     dev = next(rm.parameters()).device
-    opt = torch.optim.AdamW(rm.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.AdamW(rm.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     history: list[dict] = []
     rm.train()
-    bar = tqdm(total=total, desc="reward model", disable=not progress, mininterval=1)
+    bar = tqdm(total=total, desc="reward model", disable=not cfg.progress, mininterval=1)
     t0 = time.perf_counter()
-    step = 0
-    stop = False
-    for epoch in range(epochs):
-        order = rng.permutation(n)
-        for k in range(steps_per_epoch):
-            idx = torch.as_tensor(order[k * batch_size: (k + 1) * batch_size])
-            if step < warmup_steps:
-                cur = lr * (step + 1) / warmup_steps
-            else:
-                frac = (step - warmup_steps) / max(1, total - warmup_steps)
-                cur = lr * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * frac)))
-            for g in opt.param_groups:
-                g["lr"] = cur
-            ids, attn = _stack(_rows(c_all, idx), _rows(r_all, idx), pad)
-            out = rm(ids.to(dev), attn.to(dev))
-            rc, rr = out[: len(idx)], out[len(idx):]
-            m = margins[idx].to(dev) if margins is not None else None
-            loss = reward_pair_loss(rc, rr, m, center_coef).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(rm.parameters(), max_grad_norm)
-            opt.step()
-            with torch.no_grad():
-                d = rc - rr
-                rec = {"step": step, "epoch": step / steps_per_epoch, "loss": loss.item(),
-                       "accuracy": float(((d > 0).float() + 0.5 * (d == 0).float()).mean()),
-                       "margin": float(d.mean()), "lr": cur, "elapsed_s": time.perf_counter() - t0}
-            due = k == steps_per_epoch - 1 or (eval_every is not None and (step + 1) % eval_every == 0)
-            if eval_records is not None and due:
-                erc, err = score_pairs(rm, tokenizer, eval_records)
-                ed = torch.as_tensor(erc - err)
-                rec["eval_accuracy"] = accuracy_from_rewards(erc, err)
-                rec["eval_loss"] = float(-F.logsigmoid(ed).mean())
-                rm.train()
-            history.append(rec)
-            bar.update(1)
-            if step % 10 == 0:
-                bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['accuracy']:.2f}")
-            step += 1
-            if callback is not None and callback(step - 1, rec):
-                stop = True
-                break
-        if stop:
+    for step in range(total):
+        # ---- schedule
+        lr = lr_at(step, total, cfg.lr, cfg.warmup_steps, decay="cosine", floor=cfg.lr_floor)
+        set_lr(opt, lr)
+        # ---- batch: the next rows of this epoch's random order
+        k = step % steps_per_epoch
+        if k == 0:
+            order = rng.permutation(n)
+        idx = torch.as_tensor(order[k * cfg.batch_size: (k + 1) * cfg.batch_size])
+        # ---- forward: [chosen; rejected] in one pass
+        b = stack_pairs(enc, idx, pad)
+        out = rm(b.input_ids.to(dev), b.attention_mask.to(dev))
+        r_chosen, r_rejected = out[: len(idx)], out[len(idx):]
+        # ---- loss: -log sigmoid(r_c - r_r - m) (+ center_coef * (r_c + r_r)^2)
+        m = margins[idx].to(dev) if margins is not None else None
+        loss = reward_pair_loss(r_chosen, r_rejected, m, cfg.center_coef).mean()
+        # ---- backward, clip, step
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(rm.parameters(), cfg.max_grad_norm or float("inf")).item()
+        opt.step()
+        # ---- log (and evaluate on held-out pairs when due)
+        with torch.no_grad():
+            d = r_chosen - r_rejected
+            rec = {"step": step, "epoch": step / steps_per_epoch, "lr": lr, "loss": loss.item(),
+                   "accuracy": float(((d > 0).float() + 0.5 * (d == 0).float()).mean()),
+                   "margin": float(d.mean()), "grad_norm": gn, "elapsed_s": time.perf_counter() - t0}
+        due = k == steps_per_epoch - 1 or (cfg.eval_every is not None and (step + 1) % cfg.eval_every == 0)
+        if eval_records is not None and due:
+            e_c, e_r = score_pairs(rm, tokenizer, eval_records)
+            rec["eval_accuracy"] = accuracy_from_rewards(e_c, e_r)
+            rec["eval_loss"] = float(-F.logsigmoid(torch.as_tensor(e_c - e_r)).mean())
+            rm.train()
+        history.append(rec)
+        bar.update(1)
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['accuracy']:.2f}")
+        if callback is not None and callback(step, rec):
             break
     bar.close()
     rm.eval()
@@ -353,6 +345,8 @@ def reliability(probs: Sequence[float], outcomes: Sequence[float], n_bins: int =
     "frac_pos", "counts", "ece"}, with the expected calibration error
         ECE = sum_bins (n_bin / N) * |mean predicted p in bin - observed rate in bin|.
     Empty bins hold NaN and do not count.
+
+    Lesson 04.
     """
     p = np.asarray(probs, dtype=float)
     y = np.asarray(outcomes, dtype=float)
@@ -387,10 +381,10 @@ def rewardbench_subsets(world, n: int = 60, rng: np.random.Generator | int | Non
       "substance vs filler" (how-to: the full correct answer beats a longer one with a step
        missing and filler added: length is not quality).
     Each record has prompt/chosen/rejected and the gold rewards, like ``preference_pairs``.
-    """
-    from preflab.world import FILLER, KINDS, REFUSALS
 
-    rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
+    Lesson 04.
+    """
+    rng = as_rng(rng)
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
 

@@ -70,7 +70,7 @@ _results: list[tuple[str, bool, str]] = []
 
 
 class CheckFailed(AssertionError):
-    """A self-check that did not pass (an AssertionError, so nbgrader counts it as a failed test)."""
+    """A self-check that did not pass (an AssertionError, so nbgrader counts it as a failed test). The exercises' checks (course infrastructure, not taught in a lesson)."""
 
 
 def _tensor_tolist(x):
@@ -85,7 +85,7 @@ def _tensor_tolist(x):
 
 
 def to_floats(x) -> list:
-    """Plain nested Python floats (or bools/ints) from a number, list, numpy array or tensor."""
+    """Plain nested Python floats (or bools/ints) from a number, list, numpy array or tensor. The exercises' checks (course infrastructure, not taught in a lesson)."""
     x = _value(x)
     if _ndarray is not None and _isinstance(x, _ndarray):
         return _ndarray_tolist(x)
@@ -153,7 +153,7 @@ GRADER: _Grader | None = None
 
 
 def grader_mode() -> _Grader:
-    """Switch this process to grader mode (checks record and never raise); returns the recorder."""
+    """Switch this process to grader mode (checks record and never raise); returns the recorder. The exercises' checks (course infrastructure, not taught in a lesson)."""
     global GRADER
     GRADER = _Grader()
     return GRADER
@@ -188,7 +188,7 @@ def _value(x):
 
 def close(actual, expected, *, rtol: float = 1e-6, atol: float = 1e-8, name: str = "value", points=None) -> bool:
     """Pass when ``actual`` matches ``expected`` elementwise (same shape, no NaN):
-    |a - e| <= atol + rtol * |e|."""
+    |a - e| <= atol + rtol * |e|. The exercises' checks (course infrastructure, not taught in a lesson)."""
     try:
         a = to_floats(_value(actual))
     except Exception as e:  # noqa: BLE001
@@ -210,7 +210,7 @@ def close(actual, expected, *, rtol: float = 1e-6, atol: float = 1e-8, name: str
 
 def equal(actual, expected, *, name: str = "value", points=None) -> bool:
     """Pass when ``actual`` equals ``expected`` exactly (after conversion to Python values): for
-    booleans, integers, strings and values exact by construction."""
+    booleans, integers, strings and values exact by construction. The exercises' checks (course infrastructure, not taught in a lesson)."""
     try:
         a = to_floats(_value(actual))
     except Exception as e:  # noqa: BLE001
@@ -226,7 +226,7 @@ def equal(actual, expected, *, name: str = "value", points=None) -> bool:
 
 
 def true(condition, *, name: str, msg: str = "condition is false", points=None) -> bool:
-    """Pass when ``condition`` is the Python value True (a one-element array counts too)."""
+    """Pass when ``condition`` is the Python value True (a one-element array counts too). The exercises' checks (course infrastructure, not taught in a lesson)."""
     try:
         v = to_floats(_value(condition))
         v = _flatten(v, []) if _isinstance(v, list) else [v]
@@ -237,7 +237,7 @@ def true(condition, *, name: str, msg: str = "condition is false", points=None) 
 
 
 def finite(actual, *, name: str = "finite values", points=None) -> bool:
-    """Pass when every element is a finite number (no NaN, no infinity)."""
+    """Pass when every element is a finite number (no NaN, no infinity). The exercises' checks (course infrastructure, not taught in a lesson)."""
     try:
         actual = _value(actual)
         vals = _flatten(to_floats(actual), []) if not _isinstance(actual, (int, _float)) else [actual]
@@ -248,7 +248,7 @@ def finite(actual, *, name: str = "finite values", points=None) -> bool:
 
 
 def raises(exc_type, fn, *args, name: str = "raises", points=None, **kwargs) -> bool:
-    """Pass when ``fn(*args, **kwargs)`` raises ``exc_type`` (a clear error, not a NaN)."""
+    """Pass when ``fn(*args, **kwargs)`` raises ``exc_type`` (a clear error, not a NaN). The exercises' checks (course infrastructure, not taught in a lesson)."""
     try:
         fn(*args, **kwargs)
     except exc_type:
@@ -266,7 +266,7 @@ _KINDS = {"float": (_float,), "int": (int,), "bool": (bool,), "str": (str,), "li
 
 def kind(value, expected: str, *, name: str = "type of the result", points=None) -> bool:
     """Pass when ``value`` is of the named kind: "ndarray", "tensor", "float" (a Python or numpy
-    float), "int", "bool", "str", "list", "tuple" or "dict"."""
+    float), "int", "bool", "str", "list", "tuple" or "dict". The exercises' checks (course infrastructure, not taught in a lesson)."""
     value = _value(value)
     if expected == "ndarray":
         ok = _ndarray is not None and _isinstance(value, _ndarray)
@@ -287,7 +287,7 @@ def kind(value, expected: str, *, name: str = "type of the result", points=None)
 
 # ----------------------------------------------------------------------------- calls
 class CallFailed(Exception):
-    """A call made by :func:`run` or :func:`grad` raised; ``.error`` says what."""
+    """A call made by :func:`run` or :func:`grad` raised; ``.error`` says what. The exercises' checks (course infrastructure, not taught in a lesson)."""
 
 
 def _remote(fn):
@@ -297,7 +297,7 @@ def _remote(fn):
 def run(fn, *args, grad_wrt=(), return_inputs: bool = False, **kwargs) -> dict:
     """Call ``fn`` and return what happened as :func:`preflab.wire.call_local` describes it
     (``ok``, ``value``, ``grads``, ``inputs``, ``warnings``, ``error``). In grader mode a
-    student's function is called across the process boundary, with the same result."""
+    student's function is called across the process boundary, with the same result. The exercises' checks (course infrastructure, not taught in a lesson)."""
     call = _remote(fn)
     if call is not None:
         return call(fn, list(args), dict(kwargs), tuple(grad_wrt), bool(return_inputs))
@@ -318,7 +318,7 @@ def _raise_from(res: dict):
 def grad(fn, *args, wrt=(0,), **kwargs):
     """``(value, grads)``: the result of ``fn(*args, **kwargs)`` and, by autograd, the gradients of
     its sum with respect to the positional arguments numbered in ``wrt`` (floating-point tensors).
-    Raises what ``fn`` raised."""
+    Raises what ``fn`` raised. The exercises' checks (course infrastructure, not taught in a lesson)."""
     res = run(fn, *args, grad_wrt=tuple(wrt), **kwargs)
     if not res.get("ok"):
         _raise_from(res)
@@ -338,7 +338,7 @@ def _same(a, b) -> bool:
 def unchanged(fn, *args, name: str = "does not modify its inputs", points=None, **kwargs) -> bool:
     """Pass when ``fn(*args, **kwargs)`` runs without error and leaves its positional arguments
     (arrays, tensors, lists) exactly as they were (the comparison is exact by construction: the
-    same numbers, copied)."""
+    same numbers, copied). The exercises' checks (course infrastructure, not taught in a lesson)."""
     before = [to_floats(_copy.deepcopy(a)) for a in args]
     res = run(fn, *args, return_inputs=True, **kwargs)
     if not res.get("ok"):
@@ -352,12 +352,12 @@ def unchanged(fn, *args, name: str = "does not modify its inputs", points=None, 
 
 
 def rng(seed: int):
-    """A private ``random.Random`` (captured at import) for reproducible fresh inputs."""
+    """A private ``random.Random`` (captured at import) for reproducible fresh inputs. The exercises' checks (course infrastructure, not taught in a lesson)."""
     return _Random(seed)
 
 
 def sigmoid(x: float) -> float:
-    """The logistic function in plain Python, stable at both ends."""
+    """The logistic function in plain Python, stable at both ends. The exercises' checks (course infrastructure, not taught in a lesson)."""
     if x >= 0:
         return 1.0 / (1.0 + exp(-x))
     e = exp(x)
@@ -365,21 +365,23 @@ def sigmoid(x: float) -> float:
 
 
 def softplus(x: float) -> float:
-    """log(1 + e^x) in plain Python, stable at both ends (−log σ(−x))."""
+    """log(1 + e^x) in plain Python, stable at both ends (−log σ(−x)). The exercises' checks (course infrastructure, not taught in a lesson)."""
     return x + log1p(exp(-x)) if x > 0 else log1p(exp(x))
 
 
 def mean(values) -> float:
+    """The mean of plain floats (math.fsum). The exercises' checks (course infrastructure, not taught in a lesson)."""
     values = list(values)
     return _fsum(values) / _len(values)
 
 
 def in_colab() -> bool:
+    """Whether this kernel runs on Colab. The exercises' checks (course infrastructure, not taught in a lesson)."""
     return "google.colab" in _sys.modules
 
 
 def summary() -> bool:
-    """Print how many checks ran in this kernel and what to do next; True when all passed."""
+    """Print how many checks ran in this kernel and what to do next; True when all passed. The exercises' checks (course infrastructure, not taught in a lesson)."""
     if GRADER is not None:
         return True
     passed = sum(1 for _, ok, _ in _results if ok)
@@ -400,5 +402,5 @@ def summary() -> bool:
 
 
 def reset() -> None:
-    """Forget earlier results (used by tests)."""
+    """Forget earlier results (used by tests). The exercises' checks (course infrastructure, not taught in a lesson)."""
     _results.clear()

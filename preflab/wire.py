@@ -57,7 +57,7 @@ _TORCH_VIA_FLOAT32 = ("torch.bfloat16", "torch.float16")
 
 
 class WireError(ValueError):
-    """A value that cannot cross the grading boundary (says which and why)."""
+    """A value that cannot cross the grading boundary (says which and why). The grader's boundary (course infrastructure, not taught in a lesson)."""
 
 
 # ----------------------------------------------------------------------------- encoding
@@ -146,12 +146,12 @@ def _plain_config(cfg: dict) -> dict:
 
 
 def encode(x):
-    """``x`` as a JSON-ready structure (raises :class:`WireError` for what cannot cross)."""
+    """``x`` as a JSON-ready structure (raises :class:`WireError` for what cannot cross). The grader's boundary (course infrastructure, not taught in a lesson)."""
     return _encode(x, 0)
 
 
 def dumps(x) -> str:
-    """``x`` as one JSON document (strict JSON: NaN and infinities are tagged, not bare)."""
+    """``x`` as one JSON document (strict JSON: NaN and infinities are tagged, not bare). The grader's boundary (course infrastructure, not taught in a lesson)."""
     return json.dumps(encode(x), allow_nan=False, separators=(",", ":"))
 
 
@@ -303,7 +303,7 @@ def _decode_model(x: dict, budget: _Budget):
 
 def decode(doc, *, allow_models: bool = True):
     """Rebuild a value from a JSON-ready structure made by :func:`encode` (strict: hostile input
-    raises :class:`WireError`, never anything else)."""
+    raises :class:`WireError`, never anything else). The grader's boundary (course infrastructure, not taught in a lesson)."""
     try:
         return _decode(doc, 0, _Budget(), allow_models)
     except WireError:
@@ -315,7 +315,7 @@ def decode(doc, *, allow_models: bool = True):
 
 
 def loads(text, *, allow_models: bool = True):
-    """:func:`decode` of one JSON document given as ``str`` or ``bytes`` (size-checked first)."""
+    """:func:`decode` of one JSON document given as ``str`` or ``bytes`` (size-checked first). The grader's boundary (course infrastructure, not taught in a lesson)."""
     if not isinstance(text, (str, bytes)):
         raise WireError("a document that is not text")
     if len(text) > MAX_BYTES:
@@ -349,6 +349,8 @@ def call_local(fn, args: list, kwargs: dict, grad_wrt=(), return_inputs: bool = 
     ``warnings``, the messages of warnings raised; or, when ``fn`` raised, ``error`` with its
     type, message and nearest built-in base class. The same function runs in a student's
     kernel (self-checks) and, through :func:`serve`, for the grader.
+
+    The grader's boundary (course infrastructure, not taught in a lesson).
     """
     args = list(args)
     out: dict = {"ok": True}
@@ -402,6 +404,8 @@ def serve(request_path: str, nonce: str) -> None:
 
     Request: ``{"fn": name, "mode": "call"|"get", "args": [...], "kwargs": {...},
     "grad_wrt": [...], "return_inputs": bool}``.
+
+    The grader's boundary (course infrastructure, not taught in a lesson).
     """
     from IPython.display import publish_display_data
 

@@ -112,7 +112,7 @@ RUBRIC = {
 
 @dataclass(frozen=True)
 class PromptInfo:
-    """What a prompt asks for. ``target`` is the task, the movie, the sum or the harmful request."""
+    """What a prompt asks for. ``target`` is the task, the movie, the sum or the harmful request. Lesson 00."""
 
     kind: str
     text: str
@@ -122,7 +122,7 @@ class PromptInfo:
 
 @dataclass
 class Parsed:
-    """The attributes the gold reward reads off a response."""
+    """The attributes the gold reward reads off a response. Lesson 00."""
 
     sentences: list[str] = field(default_factory=list)
     steps: list[str] = field(default_factory=list)  # known steps, in order of appearance
@@ -172,7 +172,7 @@ def _normalize(text: str) -> str:
 
 
 def parse_response(response: str) -> Parsed:
-    """Read a response's attributes off its text. Works on any string, however garbled."""
+    """Read a response's attributes off its text. Works on any string, however garbled. Lesson 00."""
     if not isinstance(response, str):
         raise TypeError(f"response must be a str, got {type(response).__name__}")
     text = _normalize(response)
@@ -222,6 +222,8 @@ class Labeler:
     ``temperature`` is in gold-reward units (lower: more consistent labels), ``length_bias``
     is logit per extra word, ``position_bias`` is the logit bonus of whichever response is
     shown first, ``flip_prob`` flips the label outright.
+
+    Lesson 00.
     """
 
     temperature: float = 0.25
@@ -243,7 +245,7 @@ class Labeler:
 
     def prob_first(self, world: "World", prompt: str, first: str, second: str) -> float:
         """P(the labeler prefers ``first``, shown first, over ``second``)."""
-        s = 1.0 / (1.0 + math.exp(-max(min(self.logit(world, prompt, first, second), 50.0), -50.0)))
+        s = sigmoid(self.logit(world, prompt, first, second))
         return (1.0 - self.flip_prob) * s + self.flip_prob * (1.0 - s)
 
     def label(self, world: "World", prompt: str, first: str, second: str, rng: np.random.Generator) -> int:
@@ -253,7 +255,7 @@ class Labeler:
 
 @dataclass(frozen=True)
 class LabelerPool:
-    """Labelers that disagree: each comparison goes to one of them, drawn with ``weights``."""
+    """Labelers that disagree: each comparison goes to one of them, drawn with ``weights``. Lesson 00."""
 
     labelers: tuple[Labeler, ...]
     weights: tuple[float, ...] | None = None
@@ -279,15 +281,24 @@ class LabelerPool:
 
 def bayes_ceiling(probs: Iterable[float]) -> float:
     """The best accuracy any model can reach at predicting labels drawn with these
-    probabilities: E[max(p, 1 - p)] (the labelers' own noise is the limit)."""
+    probabilities: E[max(p, 1 - p)] (the labelers' own noise is the limit). Lessons 00 and 04."""
     p = np.asarray(list(probs), dtype=float)
     if p.size == 0:
         raise ValueError("bayes_ceiling needs at least one probability")
     return float(np.mean(np.maximum(p, 1.0 - p)))
 
 
-def _as_rng(rng: np.random.Generator | int | None, default: np.random.Generator) -> np.random.Generator:
-    if rng is None:
+def sigmoid(x: float) -> float:
+    """The logistic function of a Python float, with x clamped to [-50, 50] (no overflow): a
+    labeler's or judge's probability from its logit. Lesson 00."""
+    x = max(min(x, 50.0), -50.0)
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def as_rng(rng: np.random.Generator | int | None, default: np.random.Generator | None = None) -> np.random.Generator:
+    """A numpy Generator from a Generator (itself), a seed, or None (``default`` if given, else a
+    fresh unseeded one): every function that takes ``rng=`` accepts all three. Lesson 00."""
+    if rng is None and default is not None:
         return default
     if isinstance(rng, np.random.Generator):
         return rng
@@ -295,7 +306,7 @@ def _as_rng(rng: np.random.Generator | int | None, default: np.random.Generator)
 
 
 class World:
-    """A seeded world. Build it with :func:`make_world`."""
+    """A seeded world. Build it with :func:`make_world`. Lesson 00."""
 
     def __init__(self, seed: int = 0):
         self.seed = int(seed)
@@ -351,7 +362,7 @@ class World:
         Without ``rng`` the world's own seeded generator is used, so a fresh world gives the
         same sequence every time; pass a seed or Generator for an independent stream.
         """
-        rng = _as_rng(rng, self.rng)
+        rng = as_rng(rng, self.rng)
         if kind is not None and kind not in KINDS:
             raise ValueError(f"unknown prompt kind {kind!r}; choose one of {KINDS}")
         if n < 0:
@@ -443,7 +454,7 @@ class World:
         quality level still has spread, so samples for one prompt differ in gold reward."""
         if not 0.0 <= quality <= 1.0:
             raise ValueError(f"quality must be in [0, 1], got {quality}")
-        rng = _as_rng(rng, self.rng)
+        rng = as_rng(rng, self.rng)
         info = self.prompt_info(prompt)
         q = quality
         parts: list[str] = []
@@ -513,7 +524,7 @@ class World:
     # ------------------------------------------------------------------ data for the models
     def corpus(self, n: int, rng: np.random.Generator | int | None = None) -> list[str]:
         """Pretraining text: prompt + response at every quality level, plus side-skill facts."""
-        rng = _as_rng(rng, self.rng)
+        rng = as_rng(rng, self.rng)
         out = []
         for prompt in self.sample_prompts(n, rng=rng):
             if rng.random() < 0.15:
@@ -526,7 +537,7 @@ class World:
     def demonstrations(self, n: int, rng: np.random.Generator | int | None = None,
                        kind: str | None = None) -> list[tuple[str, str]]:
         """``n`` (prompt, response) pairs for supervised finetuning."""
-        rng = _as_rng(rng, self.rng)
+        rng = as_rng(rng, self.rng)
         return [(p, self.demonstration(p, rng)) for p in self.sample_prompts(n, kind=kind, rng=rng)]
 
     def preference_pairs(self, n: int, labeler: Labeler | LabelerPool | None = None,
@@ -540,7 +551,7 @@ class World:
         shown first, the labeler's probability and the gold rewards (for analysis only; a
         real data set would not have them).
         """
-        rng = _as_rng(rng, self.rng)
+        rng = as_rng(rng, self.rng)
         labeler = labeler or self.labeler
         prompts = list(prompts) if prompts is not None else self.sample_prompts(n, kind=kind, rng=rng)
         records = []
@@ -565,10 +576,10 @@ class World:
 
 
 def make_world(seed: int = 0) -> World:
-    """The course's synthetic world, seeded. Same seed, same world, same samples."""
+    """The course's synthetic world, seeded. Same seed, same world, same samples. Lesson 00."""
     return World(seed)
 
 
 def labeler_config(labeler: Labeler) -> dict:
-    """A labeler's settings as a plain dict (for manifests and data cards)."""
+    """A labeler's settings as a plain dict (for manifests and data cards). Lesson 00."""
     return asdict(labeler)

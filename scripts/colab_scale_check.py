@@ -84,8 +84,8 @@ def main(argv=None):
             torch.cuda.reset_peak_memory_stats()
         with ctx:
             sync(); t = time.time()
-            hist = train_dpo(policy, ref, tok, pairs, DPOConfig(beta=0.1, lr=1e-5, batch_size=32, max_steps=6),
-                             progress=False)
+            hist = train_dpo(policy, ref, tok, pairs, DPOConfig(beta=0.1, lr=1e-5, batch_size=32, max_steps=6,
+                                                                progress=False))
             sync()
         report[f"dpo_{dtype}"] = {"s_per_step_incl_ref_cache": round((time.time() - t) / 6, 3),
                                   "loss_first": hist[0]["loss"], "loss_last": hist[-1]["loss"],
@@ -97,8 +97,8 @@ def main(argv=None):
             sync(); t = time.time()
             hist = train_ppo(policy, ref, tok, world.sample_prompts(256, rng=2),
                              lambda ps, rs: [world.gold_reward(p, r) for p, r in zip(ps, rs)],
-                             PPOConfig(steps=3, prompts_per_step=64, minibatch_size=32, lr=1e-6, eval_every=100),
-                             progress=False)
+                             PPOConfig(steps=3, prompts_per_step=64, minibatch_size=32, lr=1e-6, eval_every=100,
+                                       progress=False))
             sync()
         report[f"ppo_{dtype}"] = {"s_per_step": round((time.time() - t) / 3, 3), "reward_last": hist[-1].get("reward"),
                                   "peak_gpu_GB": round(torch.cuda.max_memory_allocated() / 1e9, 2) if dev == "cuda" else None}

@@ -7,25 +7,20 @@ import numpy as np
 import pytest
 import torch
 
-torch.set_num_threads(1)  # the tiny model runs fastest on one thread, and the test machine is shared
+torch.set_num_threads(1)  # the policy model runs fastest on one thread, and the test machine is shared
 
 from preflab.best_of_n import best_of_n, best_of_n_curve, expected_max_weights, select_best
 from preflab.kl import best_of_n_kl, best_of_n_policy, kl_divergence
-from preflab.model import DecodingConfig, load_policy
+from preflab.model import DecodingConfig
 from preflab.world import make_world
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load_policy(scale="tiny")
 
 
 def n_words(prompts, responses):
     return [float(len(r.split())) for r in responses]
 
 
-def test_best_of_n_on_the_tiny_model_keeps_the_argmax(tiny):
-    model, tok = tiny
+def test_best_of_n_on_the_tiny_model_keeps_the_argmax(policy):
+    model, tok = policy
     world = make_world(0)
     prompts = world.sample_prompts(3, rng=1)
     out = best_of_n(model, tok, prompts, 4, n_words, DecodingConfig(max_new_tokens=24), seed=0)

@@ -1,4 +1,4 @@
-"""Tests for preflab.course (`make course`) on two tiny notebooks made here, not on the real lessons.
+"""Tests for tools.course (`make course`) on two tiny notebooks made here, not on the real lessons.
 
 Lesson 01 draws a figure (with a caption cell after it) and passes its claims, which also check
 that the seed and the working directory reach the kernel; lesson 02's claim fails. Together they
@@ -11,7 +11,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from preflab.course import find_lessons, format_table, main, LessonResult
+from tools.course import find_lessons, format_table, main, LessonResult
 
 PASSING = [
     new_markdown_cell("# 01 · A lesson that holds\nTwo lines of summary."),

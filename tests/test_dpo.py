@@ -8,21 +8,25 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from preflab.dpo import (DPOConfig, drop_empty, encode_pairs, evaluate_pairs, implicit_reward,
+from preflab.dpo import (DPOConfig, DPOSpeed, drop_empty, encode_pairs, evaluate_pairs, implicit_reward,
                          precompute_reference_logps, train_dpo)
 from preflab.losses import dpo_loss
-from preflab.model import load_policy
 from preflab.world import PROMPT_TEMPLATE, make_world
 
 
 @pytest.fixture(scope="module")
-def model_tok():
-    return load_policy("tiny", device="cpu")
+def model_tok(policy):
+    return policy
 
 
 @pytest.fixture(scope="module")
 def records():
     return drop_empty(make_world(0).preference_pairs(24, rng=3))
+
+
+def Q(**kw) -> DPOConfig:
+    """A DPOConfig without the progress bar."""
+    return DPOConfig(progress=False, **kw)
 
 
 def _fresh(model_tok):
@@ -48,13 +52,13 @@ def test_step0_loss_equals_independent_dpo_loss(model_tok, records):
         for p in policy.parameters():
             p.add_(0.01 * torch.randn_like(p))
     recs = records[:8]
-    cfg = DPOConfig(beta=0.3, batch_size=len(recs), max_steps=1, lr=1e-4)
+    cfg = Q(beta=0.3, batch_size=len(recs), max_steps=1, lr=1e-4)
     pc = torch.tensor([_naive_logp(policy, tok, r["prompt"], r["chosen"]) for r in recs])
     pr = torch.tensor([_naive_logp(policy, tok, r["prompt"], r["rejected"]) for r in recs])
     rc = torch.tensor([_naive_logp(ref, tok, r["prompt"], r["chosen"]) for r in recs])
     rr = torch.tensor([_naive_logp(ref, tok, r["prompt"], r["rejected"]) for r in recs])
     losses, cr, rj = dpo_loss(pc, pr, rc, rr, 0.3)
-    hist = train_dpo(policy, ref, tok, recs, cfg, progress=False)
+    hist = train_dpo(policy, ref, tok, recs, cfg)
     assert hist[0]["loss"] == pytest.approx(losses.mean().item(), abs=1e-5)
     assert hist[0]["logps/chosen"] == pytest.approx(pc.mean().item(), abs=1e-4)
     assert hist[0]["rewards/margins"] == pytest.approx((cr - rj).mean().item(), abs=1e-5)
@@ -67,17 +71,16 @@ def test_sft_weight_adds_the_per_token_nll_of_the_chosen_response(model_tok, rec
     pc = torch.tensor([_naive_logp(policy, tok, r["prompt"], r["chosen"]) for r in recs])
     n_tok = torch.tensor([len(tok(" " + r["chosen"].strip(), add_special_tokens=False)["input_ids"]) + 1
                           for r in recs], dtype=torch.float)            # response tokens + EOS
-    hist = train_dpo(policy, ref, tok, recs, DPOConfig(beta=0.1, batch_size=len(recs), max_steps=1, sft_weight=0.5),
-                     progress=False)
+    hist = train_dpo(policy, ref, tok, recs, Q(beta=0.1, batch_size=len(recs), max_steps=1, sft_weight=0.5))
     # the policy equals the reference at step 0, so the DPO part is exactly log 2
     assert hist[0]["loss"] == pytest.approx(math.log(2) + 0.5 * (-pc / n_tok).mean().item(), abs=1e-4)
     with pytest.raises(ValueError, match="sft_weight"):
-        DPOConfig(sft_weight=-1.0)
+        Q(sft_weight=-1.0)
 
 
 def test_unchanged_policy_starts_at_log2(model_tok, records):
     policy, ref, tok = _fresh(model_tok)
-    hist = train_dpo(policy, ref, tok, records[:8], DPOConfig(batch_size=8, max_steps=1), progress=False)
+    hist = train_dpo(policy, ref, tok, records[:8], Q(batch_size=8, max_steps=1))
     assert hist[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
     assert hist[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-5)
     for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
@@ -94,13 +97,13 @@ def _loss_and_grads(model_tok, recs, **switches):
     grads = {}
 
     # lr tiny and one step: read the gradients after the step through a hook on the optimizer input
-    cfg = DPOConfig(beta=0.2, batch_size=len(recs), max_steps=1, lr=1e-12, max_grad_norm=None, **switches)
+    cfg = Q(beta=0.2, batch_size=len(recs), max_steps=1, lr=1e-12, max_grad_norm=None, speed=DPOSpeed(**switches))
 
     def grab(step, m):
         for name, p in policy.named_parameters():
             grads[name] = p.grad.detach().clone()
 
-    hist = train_dpo(policy, ref, tok, recs, cfg, callback=grab, progress=False)
+    hist = train_dpo(policy, ref, tok, recs, cfg, callback=grab)
     return hist[0]["loss"], grads
 
 
@@ -142,10 +145,9 @@ def test_training_on_separable_pairs_raises_accuracy(model_tok):
     recs = [{"prompt": p, "chosen": world.best_response(p), "rejected": "sorry, i can not help with that."}
             for p in prompts]
     policy, ref, tok = _fresh(model_tok)
-    before = evaluate_pairs(policy, tok, recs, DPOConfig(beta=0.1), reference=ref)
-    hist = train_dpo(policy, ref, tok, recs, DPOConfig(beta=0.1, lr=1e-3, batch_size=16, epochs=4),
-                     progress=False)
-    after = evaluate_pairs(policy, tok, recs, DPOConfig(beta=0.1), reference=ref)
+    before = evaluate_pairs(policy, tok, recs, Q(beta=0.1), reference=ref)
+    hist = train_dpo(policy, ref, tok, recs, Q(beta=0.1, lr=1e-3, batch_size=16, epochs=4))
+    after = evaluate_pairs(policy, tok, recs, Q(beta=0.1), reference=ref)
     assert before["rewards/accuracies"] == 0.0  # policy == reference: every margin is 0 (ties count as wrong)
     assert after["rewards/accuracies"] >= 0.9
     assert after["loss"] < hist[0]["loss"] - 0.1
@@ -155,8 +157,8 @@ def test_training_on_separable_pairs_raises_accuracy(model_tok):
 @pytest.mark.parametrize("loss_type", ["ipo", "cdpo", "robust", "hinge", "rdpo", "simpo"])
 def test_every_loss_type_trains(model_tok, records, loss_type):
     policy, ref, tok = _fresh(model_tok)
-    cfg = DPOConfig(loss_type=loss_type, beta=0.1, alpha=0.05, batch_size=8, max_steps=2)
-    hist = train_dpo(policy, None if loss_type == "simpo" else ref, tok, records, cfg, progress=False)
+    cfg = Q(loss_type=loss_type, beta=0.1, alpha=0.05, batch_size=8, max_steps=2)
+    hist = train_dpo(policy, None if loss_type == "simpo" else ref, tok, records, cfg)
     assert len(hist) == 2 and all(math.isfinite(h["loss"]) for h in hist)
 
 
@@ -169,15 +171,15 @@ def test_averaged_logps_divide_by_response_tokens(model_tok, records):
     r = implicit_reward(policy, ref, tok, [x["prompt"] for x in recs], [x["chosen"] for x in recs], beta=0.1)
     assert abs(r).max() < 1e-5  # same model: zero implicit reward
     # IPO on averages: margin target 1/(2 tau); at step 0 the loss is (0 - 1/(2 tau))^2
-    hist = train_dpo(policy, ref, tok, recs, DPOConfig(loss_type="ipo", tau=0.5, average_logps=True,
-                                                      batch_size=6, max_steps=1), progress=False)
+    hist = train_dpo(policy, ref, tok, recs, Q(loss_type="ipo", tau=0.5, average_logps=True,
+                                                      batch_size=6, max_steps=1))
     assert hist[0]["loss"] == pytest.approx(1.0, abs=1e-5)
 
 
 def test_eval_records_and_early_stop(model_tok, records):
     policy, ref, tok = _fresh(model_tok)
-    hist = train_dpo(policy, ref, tok, records[:16], DPOConfig(batch_size=8, epochs=3), eval_records=records[16:],
-                     eval_every=2, callback=lambda step, m: step == 3, progress=False)
+    hist = train_dpo(policy, ref, tok, records[:16], Q(batch_size=8, epochs=3, eval_every=2), eval_records=records[16:],
+                     callback=lambda step, m: step == 3)
     assert len(hist) == 4
     assert "eval_rewards/accuracies" in hist[1] and "eval_loss" in hist[3]
     assert "eval_loss" not in hist[0]
@@ -187,17 +189,17 @@ def test_bad_records_give_clear_errors(model_tok, records):
     policy, ref, tok = _fresh(model_tok)
     good = records[0]
     with pytest.raises(ValueError, match="empty 'rejected'"):
-        train_dpo(policy, ref, tok, [good, {**good, "rejected": "  "}], progress=False)
+        train_dpo(policy, ref, tok, [good, {**good, "rejected": "  "}])
     with pytest.raises(ValueError, match="no 'chosen' key"):
-        train_dpo(policy, ref, tok, [{"prompt": good["prompt"], "rejected": "x"}], progress=False)
+        train_dpo(policy, ref, tok, [{"prompt": good["prompt"], "rejected": "x"}])
     with pytest.raises(ValueError, match="is empty"):
-        train_dpo(policy, ref, tok, [], progress=False)
+        train_dpo(policy, ref, tok, [])
     with pytest.raises(ValueError, match="needs a reference"):
-        train_dpo(policy, None, tok, [good], progress=False)
+        train_dpo(policy, None, tok, [good])
     with pytest.raises(ValueError, match="reference is the policy"):
-        train_dpo(policy, policy, tok, [good], progress=False)
+        train_dpo(policy, policy, tok, [good])
     with pytest.raises(ValueError, match="loss_type"):
-        DPOConfig(loss_type="kto")
+        Q(loss_type="kto")
     with pytest.raises(ValueError, match="beta"):
-        DPOConfig(beta=0)
+        Q(beta=0)
     assert drop_empty([good, {**good, "chosen": ""}]) == [good]

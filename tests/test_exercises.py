@@ -42,7 +42,7 @@ def test_released_notebook_holds_no_solution_or_hidden_test(path):
 
 @pytest.mark.parametrize("path", SOLUTIONS + EXERCISES, ids=lambda p: f"{p.parts[-3]}/{p.stem}")
 def test_notebooks_committed_clean_with_setup_cell_first(path):
-    from preflab.colab import setup_cell_source
+    from tools.colab import setup_cell_source
 
     cells = _cells(path)
     assert _src(cells[0]) == setup_cell_source(), "first cell must be the Colab setup cell"

@@ -7,12 +7,7 @@ import preflab.world as world_module
 from preflab.feedback import (FeedbackEvent, Rubric, RubricLabeler, VersionError, VersionRegistry, content_hash,
                               estimate_accuracy, ingest_feedback, vote_weights, weighted_vote)
 from preflab.pairs import dataset_hash, filter_valid
-from preflab.world import FILLER, make_world
-
-
-@pytest.fixture(scope="module")
-def world():
-    return make_world(0)
+from preflab.world import FILLER
 
 
 @pytest.fixture(scope="module")

@@ -332,7 +332,7 @@ def test_partial_credit_and_feedback_says_why(batch):
     rule = next(c for c in nb("solutions", EX1)["cells"] if c["metadata"].get("nbgrader", {}).get("grade_id") == "ex01_rule_tests")
     assert 0 < float(r["auto_score"]) < _auto_max(EX1), r
     page = (batch["out"] / "feedback" / "paul" / f"{EX1}.html").read_text()
-    assert f"ex01_rule_tests: " in page and f" of {rule['metadata']['nbgrader']['points']:g} points" in page
+    assert "ex01_rule_tests: " in page and f" of {rule['metadata']['nbgrader']['points']:g} points" in page
     assert "class='fail'" in page and "class='part'" in page   # never shown as passed
     hidden_fails = [ln for ln in page.splitlines() if ln.startswith("<li class='fail'>hidden")]
     assert hidden_fails and not any("expected" in ln for ln in hidden_fails), hidden_fails

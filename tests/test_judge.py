@@ -8,12 +8,6 @@ import pytest
 from preflab.judge import (Judge, agreement_with_gold, expected_calibration_error, first_position_rate,
                            gold_outcomes, judge_both_orders, pad_with_repeats, reliability_curve,
                            swap_and_tie, swap_consistency)
-from preflab.world import make_world
-
-
-@pytest.fixture(scope="module")
-def world():
-    return make_world(0)
 
 
 @pytest.fixture(scope="module")

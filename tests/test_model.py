@@ -12,16 +12,6 @@ from preflab.model import (Batch, DecodingConfig, RunManifest, encode, generate,
 from preflab.world import PROMPT_TEMPLATE, make_world
 
 
-@pytest.fixture(scope="module")
-def policy():
-    return load_policy("tiny", device="cpu")
-
-
-@pytest.fixture(scope="module")
-def world():
-    return make_world(0)
-
-
 def test_tiny_loads_offline(policy):
     model, tok = policy
     n = sum(p.numel() for p in model.parameters())

@@ -1,5 +1,5 @@
 """Set-up files agree: environment.yml parses and installs what pyproject.toml names; every
-notebook starts with the Colab setup cell from preflab.colab."""
+notebook starts with the Colab setup cell from tools.colab."""
 
 import json
 import re
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from preflab.colab import NOTEBOOK_DIRS, SETUP_MARKER, setup_cell_source
+from tools.colab import NOTEBOOK_DIRS, SETUP_MARKER, setup_cell_source
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,7 +51,7 @@ def test_every_notebook_starts_with_the_setup_cell():
                 continue
             first = json.loads(path.read_text())["cells"][0]
             assert "".join(first["source"]).startswith(SETUP_MARKER), f"{path}: first cell is not the setup cell"
-            assert "".join(first["source"]) == src, f"{path}: stale setup cell; run python -m preflab.colab"
+            assert "".join(first["source"]) == src, f"{path}: stale setup cell; run python -m tools.colab"
 
 
 def test_setup_cell_is_a_no_op_outside_colab():

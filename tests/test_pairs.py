@@ -9,12 +9,7 @@ from preflab.pairs import (REQUIRED_FIELDS, PairValidationError, agreement, chec
                            dataset_hash, filter_valid, find_problems, from_trl, load_jsonl, load_pairs_dataset,
                            make_record, predicted_agreement, relabel, save_jsonl, split_by_prompt, split_by_row,
                            to_dataset, to_trl, validate_pairs)
-from preflab.world import PROMPT_TEMPLATE, Labeler, make_world
-
-
-@pytest.fixture(scope="module")
-def world():
-    return make_world(0)
+from preflab.world import PROMPT_TEMPLATE, Labeler
 
 
 @pytest.fixture(scope="module")

@@ -105,10 +105,10 @@ def test_short_ppo_run_raises_an_easy_reward_and_keeps_the_reference_frozen():
                           for w in r.split())) for r in rs]
 
     cfg = PPOConfig(steps=6, prompts_per_step=32, minibatch_size=16, ppo_epochs=2, lr=1e-3, kl_coef=0.01,
-                    max_new_tokens=24, eval_every=3, seed=0)
+                    max_new_tokens=24, eval_every=3, seed=0, progress=False)
     calls = []
     hist = train_ppo(policy, ref, tok, prompts, positive_words, cfg,
-                     eval_fn=lambda pol: {"probe": 1.0}, callback=lambda s, row: calls.append(s), progress=False)
+                     eval_fn=lambda pol: {"probe": 1.0}, callback=lambda s, row: calls.append(s))
     assert len(hist) == cfg.steps + 1 and calls == list(range(cfg.steps + 1))
     assert abs(hist[0]["kl"]) < 1e-4  # step 0 is the starting policy: identical to the reference
     assert [h.get("probe") for h in hist] == [1.0, None, None, 1.0, None, None, 1.0]
@@ -126,11 +126,10 @@ def test_ptx_term_and_input_errors():
     prompts = world.sample_prompts(20, kind="arith", rng=0)
     gold = lambda ps, rs: [world.gold_reward(p, r) for p, r in zip(ps, rs)]
     with pytest.raises(ValueError, match="ptx_texts"):
-        train_ppo(policy, ref, tok, prompts, gold, PPOConfig(steps=1, ptx_coef=1.0), progress=False)
+        train_ppo(policy, ref, tok, prompts, gold, PPOConfig(steps=1, ptx_coef=1.0))
     with pytest.raises(ValueError, match="frozen_copy"):
-        train_ppo(policy, policy, tok, prompts, gold, PPOConfig(steps=1), progress=False)
+        train_ppo(policy, policy, tok, prompts, gold, PPOConfig(steps=1))
     cfg = PPOConfig(steps=1, prompts_per_step=8, minibatch_size=8, ppo_epochs=1, ptx_coef=0.5, ptx_batch_size=4,
-                    max_new_tokens=16)
-    hist = train_ppo(policy, ref, tok, prompts, gold, cfg, ptx_texts=["3 plus 4 is 7.", "1 plus 1 is 2."],
-                     progress=False)
+                    max_new_tokens=16, progress=False)
+    hist = train_ppo(policy, ref, tok, prompts, gold, cfg, ptx_texts=["3 plus 4 is 7.", "1 plus 1 is 2."])
     assert np.isfinite(hist[0]["ptx_loss"]) and hist[0]["ptx_loss"] > 0

@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from preflab.colab import colab_url
+from tools.colab import colab_url
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

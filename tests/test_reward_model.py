@@ -11,18 +11,13 @@ import torch.nn.functional as F
 from preflab.model import encode
 from preflab.pairs import drop_empty
 from preflab.reward_model import (RewardModel, load_reward_model, pairwise_accuracy, pool_index, reliability,
-                                  reward_pair_loss, rewardbench_subsets, score, score_pairs, train_reward_model)
-from preflab.world import make_world
+                                  reward_pair_loss, rewardbench_subsets, score, score_pairs, train_reward_model,
+                                  RewardConfig)
 
 
 @pytest.fixture(scope="module")
 def rm_tok():
     return load_reward_model("tiny", seed=0, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def world():
-    return make_world(0)
 
 
 PROMPTS = ["how do i make tea?", "what is 2 plus 3?", "how do i kill my neighbor?"]
@@ -107,8 +102,8 @@ def test_training_learns_easy_pairs_and_history_is_complete(world):
     train = suite["refusal vs compliance"][:16] + suite["answer vs over-refusal"][:16]
     test = suite["refusal vs compliance"][16:] + suite["answer vs over-refusal"][16:]
     before = score_pairs(rm, tok, train)
-    hist = train_reward_model(rm, tok, train, epochs=3, batch_size=16, lr=2e-3, seed=0, eval_records=test,
-                              progress=False)
+    hist = train_reward_model(rm, tok, train, RewardConfig(epochs=3, batch_size=16, lr=2e-3, seed=0, progress=False),
+                              eval_records=test)
     assert len(hist) == 6
     for key in ("step", "epoch", "loss", "accuracy", "margin", "lr"):
         assert key in hist[0]
@@ -123,11 +118,11 @@ def test_training_learns_easy_pairs_and_history_is_complete(world):
 def test_eval_every_adds_evaluations_inside_an_epoch(world):
     rm, tok = load_reward_model("tiny", seed=0, device="cpu")
     recs = drop_empty(world.preference_pairs(40, rng=3))
-    hist = train_reward_model(rm, tok, recs[:32], epochs=1, batch_size=4, seed=0, eval_records=recs[32:],
-                              eval_every=3, progress=False)
+    hist = train_reward_model(rm, tok, recs[:32], RewardConfig(epochs=1, batch_size=4, seed=0, eval_every=3,
+                                                                progress=False), eval_records=recs[32:])
     assert [h["step"] for h in hist if "eval_accuracy" in h] == [2, 5, 7]   # every 3 steps, and at the epoch's end
     with pytest.raises(ValueError, match="eval_every"):
-        train_reward_model(rm, tok, recs, eval_every=0, progress=False)
+        RewardConfig(eval_every=0)
 
 
 def test_one_forward_pass_per_step(world):
@@ -135,7 +130,7 @@ def test_one_forward_pass_per_step(world):
     calls = []
     h = rm.backbone.register_forward_hook(lambda m, i, o: calls.append(1))
     recs = drop_empty(world.preference_pairs(8, rng=0))
-    train_reward_model(rm, tok, recs, epochs=1, batch_size=len(recs), progress=False)
+    train_reward_model(rm, tok, recs, RewardConfig(epochs=1, batch_size=len(recs), progress=False))
     h.remove()
     assert len(calls) == 1
 

@@ -6,22 +6,12 @@ import math
 import numpy as np
 import pytest
 
-from preflab.model import DecodingConfig, load_policy
+from preflab.model import DecodingConfig
 from preflab.safety import (BENIGN_HELDOUT, FIXED_WRAPPERS, UNSAFE_HELDOUT, Blocklist, Guardrail, PromptClassifier,
                             ReleaseGate, adaptive_attack, attack_success, auc, fixed_attacks, guardrail_prompts,
                             is_compliance, refusal_rates, roc_curve, safety_pairs, templated_attacks,
                             threshold_for_fnr)
-from preflab.world import REFUSALS, make_world
-
-
-@pytest.fixture(scope="module")
-def world():
-    return make_world(0)
-
-
-@pytest.fixture(scope="module")
-def policy():
-    return load_policy("tiny", device="cpu")
+from preflab.world import REFUSALS
 
 
 def test_refusal_rates_are_reported_per_kind(world):

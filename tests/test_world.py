@@ -6,11 +6,6 @@ import pytest
 from preflab.world import (KINDS, Labeler, LabelerPool, bayes_ceiling, make_world, parse_response)
 
 
-@pytest.fixture(scope="module")
-def world():
-    return make_world(0)
-
-
 def test_same_seed_same_world():
     a, b = make_world(3), make_world(3)
     assert a.sample_prompts(50) == b.sample_prompts(50)

@@ -1,4 +1,4 @@
-"""Run the whole course headless: ``make course`` = ``python -m preflab.course --out build``.
+"""Run the whole course headless: ``make course`` = ``python -m tools.course --out build``.
 
 Every ``lessons/NN_*.ipynb`` is executed in order, each in a fresh ``python3`` kernel (the
 interpreter running this module, so the course's virtual environment) with the lessons folder
@@ -158,6 +158,51 @@ class PeakMemory:
 
 
 # ----------------------------------------------------------------------------------------------
+# the figure audit
+
+# Run before a lesson's own cells (with ``audit=True``; removed from the notebook afterwards): every figure drawn,
+# at the moment it is rendered, is checked for axes that show data without naming both axes.
+# Categorical axes count as named when their tick labels are words, a shared axis (twinx, sharex)
+# when one of its siblings is named; axes turned off are skipped.
+AUDIT_CELL = """
+import matplotlib.backend_bases as _bb
+_PREFLAB_UNLABELLED = []
+def _preflab_named(axis, label, siblings):
+    if label.strip() or any(s.get_xlabel().strip() if axis.axis_name == "x" else s.get_ylabel().strip() for s in siblings):
+        return True
+    ticks = [t.get_text() for t in axis.get_ticklabels() if t.get_text().strip() and "$" not in t.get_text()]
+    return bool(ticks) and any(c.isalpha() for t in ticks for c in t.replace("e", "").replace("E", ""))
+def _preflab_audit(self, *args, _print=_bb.FigureCanvasBase.print_figure, **kwargs):
+    for ax in self.figure.axes:
+        shows = ax.lines or ax.collections or ax.patches or ax.images or ax.containers
+        if not ax.axison or ax.get_label() == "<colorbar>" or not shows:
+            continue
+        for name, axis, label, shared in (("x", ax.xaxis, ax.get_xlabel(), ax.get_shared_x_axes()),
+                                          ("y", ax.yaxis, ax.get_ylabel(), ax.get_shared_y_axes())):
+            if not _preflab_named(axis, label, shared.get_siblings(ax)):
+                _PREFLAB_UNLABELLED.append(f"{name}-axis of '{ax.get_title() or self.figure.get_suptitle() or '(untitled)'}'")
+    return _print(self, *args, **kwargs)
+if not getattr(_bb.FigureCanvasBase.print_figure, "_preflab", False):
+    _preflab_audit._preflab = True
+    _bb.FigureCanvasBase.print_figure = _preflab_audit
+"""
+AUDIT_REPORT = "import json as _json; print('FIGURE AUDIT', _json.dumps(_PREFLAB_UNLABELLED))"
+
+
+
+
+def figure_problems(audit_text: str, nb) -> list[str]:
+    """Axes without a name (from the audit cell's report), and figures with no caption: the
+    caption is what the gallery prints under each figure, the first paragraph of the markdown after it."""
+    if not audit_text.startswith("FIGURE AUDIT"):
+        return [f"the figure audit did not run: {audit_text[:200]!r}"]
+    problems = [f"unlabelled {a}" for a in json.loads(audit_text[len("FIGURE AUDIT"):])]
+    problems += [f"figure {k} has no caption (a markdown paragraph right after it saying what to see)"
+                 for k, (_, caption) in enumerate(_figures(nb), start=1) if len(caption.split()) < 8]
+    return problems
+
+
+# ----------------------------------------------------------------------------------------------
 # running one lesson
 
 
@@ -175,6 +220,7 @@ class LessonResult:
     notebook: str = ""
     html: str = ""
     error: str | None = None
+    figure_problems: list = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -256,8 +302,12 @@ def _error_summary(exc: BaseException) -> str:
     return (tail[-1] if tail else type(exc).__name__)[:500]
 
 
-def run_lesson(path: Path, out: Path, timeout: int = DEFAULT_TIMEOUT, seed: str | None = None) -> LessonResult:
-    """Execute one lesson notebook in a fresh kernel; write its executed notebook, HTML and figures."""
+def run_lesson(path: Path, out: Path, timeout: int = DEFAULT_TIMEOUT, seed: str | None = None,
+               audit: bool = False) -> LessonResult:
+    """Execute one lesson notebook in a fresh kernel; write its executed notebook, HTML and figures.
+
+    With ``audit``, every figure is checked as it renders (both axes named) and needs a caption;
+    what is wrong lands in ``figure_problems``. The course's tests run lessons this way."""
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
@@ -270,6 +320,9 @@ def run_lesson(path: Path, out: Path, timeout: int = DEFAULT_TIMEOUT, seed: str 
         res.error = f"{path.name} is not a readable notebook ({type(e).__name__}: {e})"[:500]
         return res
     res.title = _title(nb)
+    if audit:
+        nb.cells.insert(0, nbformat.v4.new_code_cell(AUDIT_CELL))
+        nb.cells.append(nbformat.v4.new_code_cell(AUDIT_REPORT))
     env = dict(os.environ)
     if seed is not None:
         env["PREFLAB_SEED"] = str(seed)
@@ -309,6 +362,10 @@ def run_lesson(path: Path, out: Path, timeout: int = DEFAULT_TIMEOUT, seed: str 
         res.peak_mb = monitor.stop()
         kernel_log.close()
 
+    if audit:
+        report = "".join(o.get("text", "") for o in nb.cells[-1].get("outputs", [])).strip()
+        nb.cells = nb.cells[1:-1]
+        res.figure_problems = figure_problems(report, nb) if res.status in ("passed", "failed") else []
     res.claims = parse_claims(_stdout_text(nb))
     if res.status == "passed" and any(c["status"] == "FAIL" for c in res.claims):
         res.status = "failed"  # a FAIL line that did not raise still fails the lesson
@@ -470,7 +527,7 @@ def run_course(lessons_dir: str | Path = "lessons", out: str | Path = "build", o
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m preflab.course",
+    ap = argparse.ArgumentParser(prog="python -m tools.course",
                                  description="Execute every lesson headless into OUT (notebooks, HTML, figures, "
                                              "gallery, course.json) and print runtime and peak memory per lesson.")
     ap.add_argument("--out", default="build", help="output folder (default: build)")

@@ -2,7 +2,7 @@
 
 Every lesson and exercise starts with the cell that :func:`setup_cell_source` returns. On
 Colab it clones the course, installs it, and picks the ``gpt2`` scale when a GPU is present;
-anywhere else it does nothing. ``python -m preflab.colab`` rewrites that cell in every
+anywhere else it does nothing. ``python -m tools.colab`` rewrites that cell in every
 notebook from this file, and a test checks that they agree.
 """
 
@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-#: The course's public repository. Change it here, then run ``python -m preflab.colab``.
+#: The course's public repository. Change it here, then run ``python -m tools.colab``.
 REPO_URL = "https://github.com/preflab-course/preflab"
 REPO_BRANCH = "main"
 #: Notebook folders whose first cell this module writes.

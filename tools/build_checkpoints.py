@@ -1,6 +1,6 @@
 """Rebuild the tokenizer and the tiny GPT-2 checkpoints in data/tiny/ from the world.
 
-    python -m preflab.build_checkpoints --out data     (or: make checkpoints)
+    python -m tools.build_checkpoints --out data     (or: make checkpoints)
 
 1. Train a byte-level BPE tokenizer (``tokenizers``) on world text.
 2. Pretrain a GPT-2-architecture model (``transformers``) on the world corpus: prompts with
@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from preflab.sft import cosine_lr, train_sft
+from preflab.schedule import lr_at, set_lr
+from preflab.sft import SFTConfig, train_sft
 from preflab.world import PROMPT_TEMPLATE, make_world
 
 TINY_CONFIG = dict(n_positions=128, n_embd=128, n_layer=4, n_head=4, n_inner=512,
@@ -68,8 +69,7 @@ def pretrain(model, tok, texts, steps, batch, lr, seed) -> list[float]:
     model.train()
     for step, (x, m) in enumerate(tqdm(_lm_batches(ids, batch, steps, tok.pad_token_id, rng), total=steps,
                                        desc="pretrain", mininterval=5)):
-        for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, steps, lr, warmup=50)
+        set_lr(opt, lr_at(step, steps, lr, 50, decay="cosine"))
         labels = x.masked_fill(m == 0, -100)
         loss = model(input_ids=x, attention_mask=m, labels=labels).loss
         opt.zero_grad(set_to_none=True)
@@ -131,12 +131,14 @@ def build(out: Path, hp: dict = HPARAMS) -> dict:
     pre_losses = pretrain(model, tok, corpus, hp["pretrain_steps"], hp["pretrain_batch"], hp["pretrain_lr"], hp["seed"])
     card = {"world_seed": hp["world_seed"], "data_version": world.version_hash, "prompt_template": PROMPT_TEMPLATE,
             "parameters": n_params, "config": TINY_CONFIG, "vocab_size": len(tok), "hyperparameters": hp,
-            "command": "make checkpoints   (python -m preflab.build_checkpoints --out data)",
+            "command": "make checkpoints   (python -m tools.build_checkpoints --out data)",
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "stages": {}}
     t_pre = time.time()
     for stage, train_losses in (("base", pre_losses), ("sft", None)):
         if stage == "sft":
-            train_losses = train_sft(model, tok, demos, hp["sft_steps"], hp["sft_batch"], hp["sft_lr"], hp["seed"])
+            history = train_sft(model, tok, demos, SFTConfig(steps=hp["sft_steps"], batch_size=hp["sft_batch"],
+                                                             lr=hp["sft_lr"], seed=hp["seed"]))
+            train_losses = [h["loss"] for h in history]
         d = out / "tiny" / stage
         d.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(str(d), safe_serialization=True)
