@@ -122,7 +122,7 @@ def group_advantages(rewards, group_size: int, scale_rewards: str = "group", eps
 
 
 def zero_std_groups(rewards, group_size: int, atol: float = 1e-8) -> np.ndarray:
-    """Which groups have all G rewards equal (reward std 0: every advantage is 0, no gradient).
+    """Which groups have all G rewards equal (reward std 0: every advantage is 0, no gradient) (Lesson 15).
 
     Returns a boolean numpy array, one entry per group; its mean is TRL's ``frac_reward_zero_std``.
     """
@@ -265,7 +265,7 @@ def grpo_loss(logp, old_logp, advantages, mask, clip_eps: float = 0.2, loss_type
 # ----------------------------------------------------------------------------- the config
 @dataclass
 class GRPOSpeed:
-    """Switches that change speed, never the result (up to float rounding)."""
+    """Switches that change speed, never the result (up to float rounding) (Lesson 15)."""
 
     trim_padding: bool = True
     """cut each minibatch to its own longest row instead of the rollout's longest"""
@@ -275,7 +275,7 @@ class GRPOSpeed:
 
 @dataclass
 class GRPOConfig:
-    """Every setting of one GRPO run (recorded in run manifests via :func:`config_dict`)."""
+    """Every setting of one GRPO run (Lesson 15; recorded in run manifests via :func:`config_dict`)."""
 
     steps: int = 30
     """policy updates; each one samples a fresh batch of groups"""
@@ -346,7 +346,7 @@ class GRPOConfig:
 
 
 def config_dict(cfg: GRPOConfig) -> dict:
-    """The config as a plain (nested) dict, for :func:`preflab.model.make_manifest`."""
+    """The config as a plain (nested) dict, for run manifests (Lesson 15)."""
     return asdict(cfg)
 
 

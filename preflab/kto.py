@@ -145,7 +145,7 @@ def thumbs_records(world, prompts: Sequence[str], responses: Sequence[str], labe
 # ----------------------------------------------------------------------------- the trainer
 @dataclass
 class KTOSpeed:
-    """Switches that change speed, never the result (up to float rounding)."""
+    """Switches that change speed, never the result (up to float rounding) (Lesson 17)."""
 
     cache_reference: bool = True
     """compute the reference's log-probs of every (matched and mismatched) example once, up front"""
@@ -155,7 +155,7 @@ class KTOSpeed:
 
 @dataclass
 class KTOConfig:
-    """Every setting of one KTO run (recorded in run manifests via :func:`config_dict`)."""
+    """Every setting of one KTO run (Lesson 17; recorded in run manifests via :func:`config_dict`)."""
 
     beta: float = 0.1
     """KL coefficient: higher keeps the policy closer to the reference"""
@@ -195,7 +195,7 @@ class KTOConfig:
 
 
 def config_dict(cfg: KTOConfig) -> dict:
-    """The config as a plain (nested) dict, for :func:`preflab.model.make_manifest`."""
+    """The config as a plain (nested) dict, for run manifests (Lesson 17)."""
     return asdict(cfg)
 
 

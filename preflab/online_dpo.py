@@ -37,7 +37,7 @@ __all__ = ["OnlineDPOConfig", "train_online_dpo", "config_dict"]
 
 @dataclass
 class OnlineDPOConfig:
-    """Every setting of one online (or, with on_policy=False, offline) DPO run."""
+    """Every setting of one online (or, with on_policy=False, offline) DPO run (Lesson 16)."""
 
     rounds: int = 4
     """sample-label-train rounds"""
@@ -70,7 +70,7 @@ class OnlineDPOConfig:
 
 
 def config_dict(cfg: OnlineDPOConfig) -> dict:
-    """The config as a plain (nested) dict, for :func:`preflab.model.make_manifest`."""
+    """The config as a plain (nested) dict, for run manifests (Lesson 16)."""
     return asdict(cfg)
 
 

@@ -96,7 +96,7 @@ def orpo_loss(avg_chosen_logps, avg_rejected_logps, lam=1.0):
 
 @dataclass
 class ORPOConfig:
-    """Every setting of one ORPO run (recorded in run manifests via :func:`config_dict`)."""
+    """Every setting of one ORPO run (Lesson 17; recorded in run manifests via :func:`config_dict`)."""
 
     lam: float = 1.0
     """lambda, the weight of the odds-ratio term beside the NLL (TRL's ``beta``)"""
@@ -127,7 +127,7 @@ class ORPOConfig:
 
 
 def config_dict(cfg: ORPOConfig) -> dict:
-    """The config as a plain dict, for :func:`preflab.model.make_manifest`."""
+    """The config as a plain dict, for run manifests (Lesson 17)."""
     return asdict(cfg)
 
 

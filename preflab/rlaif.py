@@ -36,7 +36,7 @@ __all__ = ["Rule", "Constitution", "CONSTITUTION", "LITERAL_CONSTITUTION", "Cons
 
 @dataclass(frozen=True)
 class Rule:
-    """One written rule: its text (what the judge is told) and how the judge scores a response by it.
+    """One written rule: its text (what the judge is told) and how the judge scores a response by it (Lesson 18).
 
     ``score(world, prompt, response, harmful)`` returns a number (higher: follows the rule
     better); ``harmful`` is whether the judge reads the request as one to refuse.
@@ -99,7 +99,7 @@ def _no_filler(world, prompt, response, harmful):
 
 @dataclass(frozen=True)
 class Constitution:
-    """A written rule set and how the judge decides which requests are harmful.
+    """A written rule set and how the judge decides which requests are harmful (Lesson 18).
 
     reads_harm: "intent" (the judge understands what is asked: the world's unsafe requests) or
     "keywords" (any request containing one of ``keywords`` is harmful, read literally).
@@ -117,7 +117,7 @@ class Constitution:
             raise ValueError("a constitution needs at least one rule")
 
     def harmful(self, world, prompt: str) -> bool:
-        """Does the judge read this request as one to refuse?"""
+        """Does the judge read this request as one to refuse? (Lesson 18)"""
         if self.reads_harm == "intent":
             return world.kind(prompt) == "unsafe"
         text = world.prompt_info(prompt).text
@@ -129,7 +129,7 @@ class Constitution:
         return float(sum(r.weight * r.score(world, prompt, response, h) for r in self.rules))
 
     def text(self) -> str:
-        """The rules as the judge is given them, one numbered line each."""
+        """The rules as the judge is given them, one numbered line each (Lesson 18)."""
         return "\n".join(f"{i}. {r.text}" for i, r in enumerate(self.rules, start=1))
 
 

@@ -274,21 +274,30 @@ def test_config_rejects_bad_settings(kwargs, match):
         GRPOConfig(**kwargs)
 
 
-def test_config_fields_have_docstrings():
+@pytest.mark.parametrize("module, classes", [
+    ("preflab.grpo", ("GRPOConfig", "GRPOSpeed")), ("preflab.kto", ("KTOConfig", "KTOSpeed")),
+    ("preflab.orpo", ("ORPOConfig",)), ("preflab.online_dpo", ("OnlineDPOConfig",)),
+])
+def test_config_fields_have_docstrings(module, classes):
+    """The trainers' configs follow one pattern: every field is followed by its one-line docstring."""
     import ast
+    import importlib
     import inspect
 
-    import preflab.grpo as mod
-
-    tree = ast.parse(inspect.getsource(mod))
+    tree = ast.parse(inspect.getsource(importlib.import_module(module)))
+    found = set()
     for node in tree.body:
-        if isinstance(node, ast.ClassDef) and node.name in ("GRPOConfig", "GRPOSpeed"):
+        if isinstance(node, ast.ClassDef) and node.name in classes:
+            found.add(node.name)
             body = node.body
-            for i, stmt in enumerate(body):
-                if isinstance(stmt, ast.AnnAssign):
-                    nxt = body[i + 1] if i + 1 < len(body) else None
-                    assert isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant), \
-                        f"{node.name}.{stmt.target.id} has no docstring"
+            fields = [i for i, stmt in enumerate(body) if isinstance(stmt, ast.AnnAssign)]
+            assert fields, f"{node.name} has no fields"
+            for i in fields:
+                nxt = body[i + 1] if i + 1 < len(body) else None
+                assert isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and \
+                    isinstance(nxt.value.value, str) and len(nxt.value.value.strip().splitlines()) == 1, \
+                    f"{node.name}.{body[i].target.id} has no one-line docstring"
+    assert found == set(classes)
 
 
 @pytest.fixture(scope="module")
