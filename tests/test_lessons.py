@@ -1,6 +1,7 @@
 """Every lesson executes end to end, and its closing check cell (its claim) passes on this run.
 
-The failure-mode lessons (08-14) are also run on two more seeds, in tests marked slow.
+The failure-mode lessons (08-14) and the after-DPO lessons (15-18: GRPO, online DPO, KTO/ORPO,
+RLAIF) are also run on two more seeds, in tests marked slow.
 Set PREFLAB_LESSONS="03 07" to run a subset.
 """
 
@@ -21,6 +22,8 @@ ONLY = os.environ.get("PREFLAB_LESSONS", "").split()
 if ONLY:
     LESSONS = [p for p in LESSONS if p.name[:2] in ONLY]
 FAILURE_MODES = [p for p in LESSONS if 8 <= int(p.name[:2]) <= 14]
+AFTER_DPO = [p for p in LESSONS if 15 <= int(p.name[:2]) <= 18]
+OTHER_SEEDS = FAILURE_MODES + AFTER_DPO
 
 
 # Run before a lesson's own cells (and removed from the notebook afterwards): every figure drawn,
@@ -103,7 +106,7 @@ def test_lesson_runs_and_its_claim_holds(path):
 @pytest.mark.slow
 @pytest.mark.lesson
 @pytest.mark.parametrize("seed", [1, 2])
-@pytest.mark.parametrize("path", FAILURE_MODES, ids=[p.stem for p in FAILURE_MODES])
+@pytest.mark.parametrize("path", OTHER_SEEDS, ids=[p.stem for p in OTHER_SEEDS])
 def test_failure_mode_claims_hold_on_other_seeds(path, seed):
     nb, seconds = execute(path, seed=seed)
     claims = claims_of(nb)
