@@ -354,3 +354,15 @@ def test_train_grpo_needs_a_reference_for_the_kl_term(tiny):
         train_grpo(model, tok, ["what is 1 plus 1?"], lambda p, r: [0.0] * len(r), GRPOConfig(beta=0.1))
     with pytest.raises(ValueError, match="reference is the policy"):
         train_grpo(model, tok, ["what is 1 plus 1?"], lambda p, r: [0.0] * len(r), GRPOConfig(), reference=model)
+
+
+def test_config_manifest_records_the_seed_and_nested_settings(tiny, tmp_path):
+    from preflab.model import RunManifest, config_manifest
+
+    model, _, _ = tiny
+    cfg = GRPOConfig(seed=7, beta=0.3)
+    m = config_manifest("grpo-test", make_world(0), model, cfg, notes="verifier")
+    back = RunManifest.read(m.write(tmp_path / "m.json"))
+    assert back.seed == 7 and "seed" not in back.hyperparameters
+    assert back.hyperparameters["beta"] == 0.3 and back.hyperparameters["speed"]["trim_padding"] is True
+    assert back.notes == "verifier" and back.data_version == make_world(0).version_hash
