@@ -258,3 +258,15 @@ def make_manifest(run: str, world, model, decoding: DecodingConfig | None = None
                        policy_version=model_version(model), decoding=asdict(decoding or DecodingConfig()),
                        seed=seed, hyperparameters=hyperparameters, rubric_version=world_module.RUBRIC["version"],
                        scale=current_scale(scale))
+
+
+def config_manifest(run: str, world, model, config, decoding: DecodingConfig | None = None,
+                    scale: str | None = None, notes: str = "") -> RunManifest:
+    """A manifest for a run whose settings are a (possibly nested) dataclass ``config`` with a ``seed``
+    field, as the trainers of lessons 15-18 have: the seed is recorded as the run's seed and every
+    other field as a hyperparameter (Lessons 15-18)."""
+    hp = asdict(config)
+    seed = int(hp.pop("seed", 0))
+    m = make_manifest(run, world, model, decoding, seed=seed, scale=scale, **hp)
+    m.notes = notes
+    return m

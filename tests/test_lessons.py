@@ -1,8 +1,9 @@
 """Every lesson executes end to end, and its closing check cell (its claim) passes on this run.
 
 Lessons run through the same runner as ``make course`` (tools.course.run_lesson), with its figure
-audit on: every figure names both axes and has a caption. The failure-mode lessons (08-14) are
-also run on two more seeds, in tests marked slow. Set PREFLAB_LESSONS="03 07" to run a subset.
+audit on: every figure names both axes and has a caption. The failure-mode lessons (08-14) and
+the after-DPO lessons (15-18: GRPO, online DPO, KTO/ORPO, RLAIF) are also run on two more seeds,
+in tests marked slow. Set PREFLAB_LESSONS="03 07" to run a subset.
 """
 
 import os
@@ -16,6 +17,8 @@ from tools.course import find_lessons, run_lesson
 ROOT = Path(__file__).resolve().parent.parent
 LESSONS = find_lessons(ROOT / "lessons", os.environ.get("PREFLAB_LESSONS", "").split() or None)
 FAILURE_MODES = [p for p in LESSONS if 8 <= int(p.name[:2]) <= 14]
+AFTER_DPO = [p for p in LESSONS if 15 <= int(p.name[:2]) <= 18]
+OTHER_SEEDS = FAILURE_MODES + AFTER_DPO
 
 
 def run(path: Path, seed: int, tmp_path: Path):
@@ -38,8 +41,8 @@ def test_lesson_runs_and_its_claim_holds(path, tmp_path):
 @pytest.mark.slow
 @pytest.mark.lesson
 @pytest.mark.parametrize("seed", [1, 2])
-@pytest.mark.parametrize("path", FAILURE_MODES, ids=[p.stem for p in FAILURE_MODES])
-def test_failure_mode_claims_hold_on_other_seeds(path, seed, tmp_path):
+@pytest.mark.parametrize("path", OTHER_SEEDS, ids=[p.stem for p in OTHER_SEEDS])
+def test_claims_hold_on_other_seeds(path, seed, tmp_path):
     res = run(path, seed, tmp_path)
     assert res.status == "passed", res.error
     assert res.claims and all(c["status"] == "PASS" for c in res.claims), res.claims
