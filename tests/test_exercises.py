@@ -51,17 +51,67 @@ def test_notebooks_committed_clean_with_setup_cell_first(path):
             assert not c.get("outputs") and c.get("execution_count") is None, "clear outputs before committing"
 
 
+#: The exercises with parts on the tiny GPT-2 (or in torch), and their extra graded parts.
+MODEL_PARTS = {"ex01": ("model",), "ex03": ("model",), "ex04": ("model", "train"), "ex07": ("model", "train"),
+               "ex08": ("model",), "ex09": ("model",), "ex10": ("model",)}
+
+
+def _nbg(cell: dict) -> dict:
+    return cell["metadata"].get("nbgrader", {})
+
+
 @pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
 def test_solution_has_the_common_structure(path):
     cells = _cells(path)
-    ids = [c["metadata"].get("nbgrader", {}).get("grade_id") for c in cells]
+    ids = [_nbg(c).get("grade_id") for c in cells]
     n = path.stem[:4]
-    for part in ("imports", "rule", "rule_tests", "edge", "edge_tests", "written", "metric", "metric_tests", "selfcheck"):
+    parts = ["imports", "rule", "rule_tests", "edge", "edge_tests", "written", "metric", "metric_tests", "selfcheck"]
+    for extra in MODEL_PARTS.get(n, ()):
+        parts += [extra, f"{extra}_tests"]
+    if n in MODEL_PARTS:
+        parts.append("model_setup")
+    for part in parts:
         assert f"{n}_{part}" in ids, part
-    tests = [c for c in cells if c["metadata"].get("nbgrader", {}).get("grade") and c["cell_type"] == "code"]
+    tests = [c for c in cells if _nbg(c).get("grade") and c["cell_type"] == "code"]
     assert all("### BEGIN HIDDEN TESTS" in _src(c) for c in tests), "every test cell has hidden tests"
-    written = [c for c in cells if c["metadata"].get("nbgrader", {}).get("grade_id") == f"{n}_written"][0]
+    written = [c for c in cells if _nbg(c).get("grade_id") == f"{n}_written"][0]
     assert "Rubric" in _src(written), "the written part carries its rubric in the source"
+    assert sum(_nbg(c).get("points", 0) for c in cells if _nbg(c).get("grade")) == 10, "ten points per exercise"
+    assert _nbg(written)["points"] == 2
+    intro = _src(cells[1])
+    assert "**Builds on:** lesson" in intro, "the exercise names the lessons it builds on"
+    assert f"({_fmt(sum(_nbg(c).get('points', 0) for c in cells if _nbg(c).get('grade')))} points)" in intro
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
+def test_test_cells_say_what_their_hidden_checks_are_worth(path):
+    """The visible part of each test cell ends with a comment naming the hidden checks' points,
+    and those points plus the visible checks' make the cell's points (checked when graded by
+    tests/test_catalogue.py; here the comment's number is compared with the cell's points minus
+    the visible checks' points, read from their literal points=...)."""
+    import ast
+    import re
+
+    for c in _cells(path):
+        g = _nbg(c)
+        if not (g.get("grade") and c["cell_type"] == "code"):
+            continue
+        visible = _src(c).split("### BEGIN HIDDEN TESTS")[0]
+        comment = [ln for ln in visible.strip().splitlines() if ln.startswith("# Hidden tests (")]
+        assert comment, f"{g['grade_id']}: the visible part ends by saying what the hidden tests are worth"
+        worth = float(re.match(r"# Hidden tests \(([0-9.]+) points?\)", comment[0]).group(1))
+        pts = 0.0
+        for node in ast.walk(ast.parse(visible)):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and getattr(node.func.value, "id", "") == "sc":
+                kw = {k.arg: k.value for k in node.keywords}
+                if node.func.attr in ("close", "equal", "true", "finite", "raises", "kind", "unchanged"):
+                    assert "points" in kw and isinstance(kw["points"], ast.Constant), f"{g['grade_id']}: a check without literal points"
+                    pts += kw["points"].value
+        assert abs(pts + worth - g["points"]) < 1e-6, f"{g['grade_id']}: visible {pts:g} + hidden {worth:g} != {g['points']}"
 
 
 @pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
