@@ -205,3 +205,60 @@ def test_selfcheck_tells_colab_users_how_to_submit(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "google.colab", object())
     sc.summary()
     assert "File → Download → Download .ipynb" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- every check depends on the student's code
+
+_LOCAL_GRADE = r'''
+import ast, json, sys
+from preflab import selfcheck
+grader = selfcheck.grader_mode()
+nb = json.load(open(sys.argv[1]))
+source = {(c["metadata"].get("nbgrader") or {}).get("grade_id"): "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
+          for c in json.load(open(sys.argv[2]))["cells"]}
+ns = {"__name__": "__main__"}
+out = {}
+for c in nb["cells"]:
+    if c["cell_type"] != "code" or c["metadata"].get("tags") == ["setup"]:
+        continue
+    g = c["metadata"].get("nbgrader") or {}
+    src = "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
+    if g.get("grade") and not g.get("solution"):
+        start = len(grader.results)
+        for stmt in ast.parse(source[g["grade_id"]].replace("### BEGIN HIDDEN TESTS", "").replace("### END HIDDEN TESTS", "")).body:
+            try:
+                exec(compile(ast.Module([stmt], []), g["grade_id"], "exec"), ns)
+            except Exception:
+                pass
+        res = grader.results[start:]
+        out[g["grade_id"]] = dict(points=g["points"], passed=sum(r["points"] or 0 for r in res if r["ok"]),
+                                  declared=sum(r["points"] or 0 for r in res), names=[r["name"] for r in res if r["ok"]])
+    else:
+        try:
+            exec(compile(src, g.get("grade_id", "cell"), "exec"), ns)
+        except Exception:
+            pass
+print(json.dumps(out))
+'''
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
+def test_release_scores_zero_and_solution_full_marks_in_grader_mode(path):
+    """Every check must depend on the student's code: run the test cells as the grader does
+    (grader mode, hidden checks included, statement by statement) against the untouched release
+    (nothing may pass) and against the solution (everything passes, the points add up). In this
+    process, without the sandbox: a quick guard; `make grade` is the real thing."""
+    import os
+
+    release = REPO / "exercises" / path.parent.name / path.name
+    env = dict(os.environ, OMP_NUM_THREADS="1", PREFLAB_SCALE="tiny")
+    reports = {}
+    for which, nb in (("release", release), ("solution", path)):
+        r = subprocess.run([sys.executable, "-c", _LOCAL_GRADE, str(nb), str(path)], capture_output=True, text=True,
+                           timeout=600, cwd=REPO, env=env)
+        assert r.returncode == 0, r.stderr[-2000:]
+        reports[which] = json.loads(r.stdout.strip().splitlines()[-1])
+    for gid, rep in reports["release"].items():
+        assert rep["passed"] == 0, f"{gid}: checks pass on the untouched release: {rep['names']}"
+    for gid, rep in reports["solution"].items():
+        assert abs(rep["passed"] - rep["points"]) < 1e-6 and abs(rep["declared"] - rep["points"]) < 1e-6, (gid, rep)
