@@ -24,6 +24,9 @@ Use::
     sc.close(my_fn(1.0), 0.3133, name="loss at margin 1", points=1)
     sc.raises(ValueError, my_fn, [], name="empty input", points=0.5)
     value, grads = sc.grad(my_loss, pc, pr, wrt=(0, 1))     # autograd, here or across the boundary
+    before = sc.fingerprint(reference)
+    trained, after = sc.call(my_train, model, reference)     # the result, and the arguments after the call
+    sc.equal(sc.fingerprint(after[1]), before, name="reference untouched", points=0.5)
     sc.unchanged(my_fn, arr, name="does not modify its input", points=0.5)
     sc.summary()      # the last cell of every exercise
 """
@@ -84,14 +87,35 @@ def _tensor_tolist(x):
     return None
 
 
+def _module_digest(m) -> str | None:
+    """A digest of a torch module's parameters and buffers (names, dtypes, shapes and bytes), or
+    None for anything that is not a module: two models compare equal exactly when their weights do."""
+    torch = _sys.modules.get("torch")
+    if torch is None or not _isinstance(m, torch.nn.Module):
+        return None
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(m.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return type(m).__name__ + ":" + h.hexdigest()[:32]
+
+
 def to_floats(x) -> list:
-    """Plain nested Python floats (or bools/ints) from a number, list, numpy array or tensor. The exercises' checks (course infrastructure, not taught in a lesson)."""
+    """Plain nested Python floats (or bools/ints) from a number, list, numpy array or tensor; a
+    model (a torch module) becomes ``{"model": digest of its weights}``. The exercises' checks
+    (course infrastructure, not taught in a lesson)."""
     x = _value(x)
     if _ndarray is not None and _isinstance(x, _ndarray):
         return _ndarray_tolist(x)
     t = _tensor_tolist(x)
     if t is not None:
         return t
+    d = _module_digest(x)
+    if d is not None:
+        return {"model": d}
     if _isinstance(x, (list, tuple)):
         return [to_floats(v) for v in x]
     if _isinstance(x, dict):
@@ -266,8 +290,16 @@ _KINDS = {"float": (_float,), "int": (int,), "bool": (bool,), "str": (str,), "li
 
 def kind(value, expected: str, *, name: str = "type of the result", points=None) -> bool:
     """Pass when ``value`` is of the named kind: "ndarray", "tensor", "float" (a Python or numpy
-    float), "int", "bool", "str", "list", "tuple" or "dict". The exercises' checks (course infrastructure, not taught in a lesson)."""
+    float), "int", "bool", "str", "list", "tuple", "dict", "lm" (a ``transformers``
+    GPT2LMHeadModel, the course's policy) or "reward_model" (``preflab.reward_model.RewardModel``).
+    The exercises' checks (course infrastructure, not taught in a lesson)."""
     value = _value(value)
+    if expected in ("lm", "reward_model"):
+        cls = ("transformers", "GPT2LMHeadModel") if expected == "lm" else ("preflab.reward_model", "RewardModel")
+        mod = _sys.modules.get(cls[0])
+        target = getattr(mod, cls[1], None) if mod is not None else None
+        ok = target is not None and _isinstance(value, target)
+        return _record(name, ok, "" if ok else f"got a {type(value).__name__}", points, expected=cls[1])
     if expected == "ndarray":
         ok = _ndarray is not None and _isinstance(value, _ndarray)
     elif expected == "tensor":
@@ -323,6 +355,44 @@ def grad(fn, *args, wrt=(0,), **kwargs):
     if not res.get("ok"):
         _raise_from(res)
     return res["value"], res["grads"]
+
+
+def _raise_call(fn, res: dict):
+    try:
+        _raise_from(res)
+    except Exception as e:
+        name = getattr(fn, "_name", None) if _remote(fn) is not None else getattr(fn, "__name__", None)
+        if name:
+            e.preflab_function = name
+        raise
+
+
+def call(fn, *args, **kwargs):
+    """``(value, inputs)``: the result of ``fn(*args, **kwargs)`` and its positional arguments as
+    they are after the call (to check, from one call, both what a training function returned and
+    that it left, say, the reference model alone). Raises what ``fn`` raised. In grader mode the
+    call crosses to the student's kernel like any other; in the kernel it is a plain call (so an
+    error shows its own traceback)."""
+    if _remote(fn) is None:
+        return fn(*args, **kwargs), list(args)
+    res = run(fn, *args, return_inputs=True, **kwargs)
+    if not res.get("ok"):
+        _raise_call(fn, res)
+    return res["value"], res["inputs"]
+
+
+def fingerprint(x) -> str:
+    """A short exact digest of a value (a model's weights, a tensor, an array, a list...): equal
+    fingerprints mean equal values, bit for bit. Take one *before* a call and compare it with one
+    of the argument after it (see :func:`call`) to check that the call left it unchanged (in a
+    kernel the argument after the call is the same object, so only a fingerprint taken before
+    it remembers how it was)."""
+    import hashlib
+    import json as _json
+
+    v = to_floats(x)
+    text = _json.dumps(v, sort_keys=True, default=repr, allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 def _same(a, b) -> bool:

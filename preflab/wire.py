@@ -63,7 +63,8 @@ class WireError(ValueError):
 # ----------------------------------------------------------------------------- encoding
 def _npy(arr: np.ndarray) -> str:
     buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    # np.ascontiguousarray returns at least one dimension: keep a 0-d array (a loss) 0-d
+    np.save(buf, np.ascontiguousarray(arr) if arr.ndim else np.array(arr), allow_pickle=False)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 

@@ -51,17 +51,67 @@ def test_notebooks_committed_clean_with_setup_cell_first(path):
             assert not c.get("outputs") and c.get("execution_count") is None, "clear outputs before committing"
 
 
+#: The exercises with parts on the tiny GPT-2 (or in torch), and their extra graded parts.
+MODEL_PARTS = {"ex01": ("model",), "ex03": ("model",), "ex04": ("model", "train"), "ex07": ("model", "train"),
+               "ex08": ("model",), "ex09": ("model",), "ex10": ("model",)}
+
+
+def _nbg(cell: dict) -> dict:
+    return cell["metadata"].get("nbgrader", {})
+
+
 @pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
 def test_solution_has_the_common_structure(path):
     cells = _cells(path)
-    ids = [c["metadata"].get("nbgrader", {}).get("grade_id") for c in cells]
+    ids = [_nbg(c).get("grade_id") for c in cells]
     n = path.stem[:4]
-    for part in ("imports", "rule", "rule_tests", "edge", "edge_tests", "written", "metric", "metric_tests", "selfcheck"):
+    parts = ["imports", "rule", "rule_tests", "edge", "edge_tests", "written", "metric", "metric_tests", "selfcheck"]
+    for extra in MODEL_PARTS.get(n, ()):
+        parts += [extra, f"{extra}_tests"]
+    if n in MODEL_PARTS:
+        parts.append("model_setup")
+    for part in parts:
         assert f"{n}_{part}" in ids, part
-    tests = [c for c in cells if c["metadata"].get("nbgrader", {}).get("grade") and c["cell_type"] == "code"]
+    tests = [c for c in cells if _nbg(c).get("grade") and c["cell_type"] == "code"]
     assert all("### BEGIN HIDDEN TESTS" in _src(c) for c in tests), "every test cell has hidden tests"
-    written = [c for c in cells if c["metadata"].get("nbgrader", {}).get("grade_id") == f"{n}_written"][0]
+    written = [c for c in cells if _nbg(c).get("grade_id") == f"{n}_written"][0]
     assert "Rubric" in _src(written), "the written part carries its rubric in the source"
+    assert sum(_nbg(c).get("points", 0) for c in cells if _nbg(c).get("grade")) == 10, "ten points per exercise"
+    assert _nbg(written)["points"] == 2
+    intro = _src(cells[1])
+    assert "**Builds on:** lesson" in intro, "the exercise names the lessons it builds on"
+    assert f"({_fmt(sum(_nbg(c).get('points', 0) for c in cells if _nbg(c).get('grade')))} points)" in intro
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
+def test_test_cells_say_what_their_hidden_checks_are_worth(path):
+    """The visible part of each test cell ends with a comment naming the hidden checks' points,
+    and those points plus the visible checks' make the cell's points (checked when graded by
+    tests/test_catalogue.py; here the comment's number is compared with the cell's points minus
+    the visible checks' points, read from their literal points=...)."""
+    import ast
+    import re
+
+    for c in _cells(path):
+        g = _nbg(c)
+        if not (g.get("grade") and c["cell_type"] == "code"):
+            continue
+        visible = _src(c).split("### BEGIN HIDDEN TESTS")[0]
+        comment = [ln for ln in visible.strip().splitlines() if ln.startswith("# Hidden tests (")]
+        assert comment, f"{g['grade_id']}: the visible part ends by saying what the hidden tests are worth"
+        worth = float(re.match(r"# Hidden tests \(([0-9.]+) points?\)", comment[0]).group(1))
+        pts = 0.0
+        for node in ast.walk(ast.parse(visible)):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and getattr(node.func.value, "id", "") == "sc":
+                kw = {k.arg: k.value for k in node.keywords}
+                if node.func.attr in ("close", "equal", "true", "finite", "raises", "kind", "unchanged"):
+                    assert "points" in kw and isinstance(kw["points"], ast.Constant), f"{g['grade_id']}: a check without literal points"
+                    pts += kw["points"].value
+        assert abs(pts + worth - g["points"]) < 1e-6, f"{g['grade_id']}: visible {pts:g} + hidden {worth:g} != {g['points']}"
 
 
 @pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
@@ -155,3 +205,60 @@ def test_selfcheck_tells_colab_users_how_to_submit(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "google.colab", object())
     sc.summary()
     assert "File → Download → Download .ipynb" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- every check depends on the student's code
+
+_LOCAL_GRADE = r'''
+import ast, json, sys
+from preflab import selfcheck
+grader = selfcheck.grader_mode()
+nb = json.load(open(sys.argv[1]))
+source = {(c["metadata"].get("nbgrader") or {}).get("grade_id"): "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
+          for c in json.load(open(sys.argv[2]))["cells"]}
+ns = {"__name__": "__main__"}
+out = {}
+for c in nb["cells"]:
+    if c["cell_type"] != "code" or c["metadata"].get("tags") == ["setup"]:
+        continue
+    g = c["metadata"].get("nbgrader") or {}
+    src = "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
+    if g.get("grade") and not g.get("solution"):
+        start = len(grader.results)
+        for stmt in ast.parse(source[g["grade_id"]].replace("### BEGIN HIDDEN TESTS", "").replace("### END HIDDEN TESTS", "")).body:
+            try:
+                exec(compile(ast.Module([stmt], []), g["grade_id"], "exec"), ns)
+            except Exception:
+                pass
+        res = grader.results[start:]
+        out[g["grade_id"]] = dict(points=g["points"], passed=sum(r["points"] or 0 for r in res if r["ok"]),
+                                  declared=sum(r["points"] or 0 for r in res), names=[r["name"] for r in res if r["ok"]])
+    else:
+        try:
+            exec(compile(src, g.get("grade_id", "cell"), "exec"), ns)
+        except Exception:
+            pass
+print(json.dumps(out))
+'''
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
+def test_release_scores_zero_and_solution_full_marks_in_grader_mode(path):
+    """Every check must depend on the student's code: run the test cells as the grader does
+    (grader mode, hidden checks included, statement by statement) against the untouched release
+    (nothing may pass) and against the solution (everything passes, the points add up). In this
+    process, without the sandbox: a quick guard; `make grade` is the real thing."""
+    import os
+
+    release = REPO / "exercises" / path.parent.name / path.name
+    env = dict(os.environ, OMP_NUM_THREADS="1", PREFLAB_SCALE="tiny")
+    reports = {}
+    for which, nb in (("release", release), ("solution", path)):
+        r = subprocess.run([sys.executable, "-c", _LOCAL_GRADE, str(nb), str(path)], capture_output=True, text=True,
+                           timeout=600, cwd=REPO, env=env)
+        assert r.returncode == 0, r.stderr[-2000:]
+        reports[which] = json.loads(r.stdout.strip().splitlines()[-1])
+    for gid, rep in reports["release"].items():
+        assert rep["passed"] == 0, f"{gid}: checks pass on the untouched release: {rep['names']}"
+    for gid, rep in reports["solution"].items():
+        assert abs(rep["passed"] - rep["points"]) < 1e-6 and abs(rep["declared"] - rep["points"]) < 1e-6, (gid, rep)
