@@ -130,6 +130,7 @@ class Channel:
         self.calls = 0
         self.seconds = 0.0
         self.warnings: list[str] = []
+        self.returned: set[str] = set()  # the student's functions that some call has returned from
 
     def request(self, payload: dict) -> dict:
         from preflab import wire
@@ -159,6 +160,8 @@ class Channel:
         if not isinstance(res, dict) or not isinstance(res.get("ok"), bool):
             raise RemoteFailure("the notebook sent back a malformed result")
         self.warnings += [str(w) for w in res.get("warnings") or []][:20]
+        if res["ok"] and payload.get("mode") == "call":
+            self.returned.add(payload["fn"])
         return res
 
 
@@ -174,6 +177,10 @@ class Remote:
     def __preflab_remote__(self, args, kwargs, grad_wrt=(), return_inputs=False) -> dict:
         return self._channel.request({"fn": self._name, "mode": "call", "args": list(args), "kwargs": dict(kwargs),
                                       "grad_wrt": list(grad_wrt), "return_inputs": bool(return_inputs)})
+
+    def __preflab_returned__(self) -> bool:
+        """Whether a call of this function has returned a result (selfcheck.raises asks)."""
+        return self._name in self._channel.returned
 
     def __preflab_value__(self):
         from preflab import selfcheck

@@ -272,10 +272,17 @@ def finite(actual, *, name: str = "finite values", points=None) -> bool:
 
 
 def raises(exc_type, fn, *args, name: str = "raises", points=None, **kwargs) -> bool:
-    """Pass when ``fn(*args, **kwargs)`` raises ``exc_type`` (a clear error, not a NaN). The exercises' checks (course infrastructure, not taught in a lesson)."""
+    """Pass when ``fn(*args, **kwargs)`` raises ``exc_type`` (a clear error, not a NaN). When graded,
+    the check also needs an earlier call of the same student function to have returned a result:
+    a function that raises on every input rejects bad input too, and earns nothing for it. The
+    exercises' checks (course infrastructure, not taught in a lesson)."""
+    returned = getattr(type(fn), "__preflab_returned__", None)
     try:
         fn(*args, **kwargs)
     except exc_type:
+        if returned is not None and not returned(fn):
+            return _record(name, False, f"{exc_type.__name__} was raised, but no call of this function has returned a "
+                           "result yet: an input check earns its points once the function works on valid input", points)
         return _record(name, True, "", points)
     except NotImplementedError:
         return _record(name, False, "not implemented yet", points)
@@ -372,7 +379,7 @@ def call(fn, *args, **kwargs):
     they are after the call (to check, from one call, both what a training function returned and
     that it left, say, the reference model alone). Raises what ``fn`` raised. In grader mode the
     call crosses to the student's kernel like any other; in the kernel it is a plain call (so an
-    error shows its own traceback)."""
+    error shows its own traceback). The exercises' checks (course infrastructure, not taught in a lesson)."""
     if _remote(fn) is None:
         return fn(*args, **kwargs), list(args)
     res = run(fn, *args, return_inputs=True, **kwargs)
@@ -386,7 +393,7 @@ def fingerprint(x) -> str:
     fingerprints mean equal values, bit for bit. Take one *before* a call and compare it with one
     of the argument after it (see :func:`call`) to check that the call left it unchanged (in a
     kernel the argument after the call is the same object, so only a fingerprint taken before
-    it remembers how it was)."""
+    it remembers how it was). The exercises' checks (course infrastructure, not taught in a lesson)."""
     import hashlib
     import json as _json
 
