@@ -154,6 +154,36 @@ def test_selfcheck_passes_and_fails_plainly():
     assert isinstance(sc.CheckFailed("x"), AssertionError)
 
 
+def test_an_input_check_needs_a_function_that_works():
+    """Grader side: a raises-check passes only once a call of the same student function returned."""
+    from autograder.checker import Remote
+    from preflab import selfcheck as sc
+
+    class Channel:  # what autograder.checker.Channel does with a call's reply, without a kernel
+        def __init__(self, works):
+            self.works, self.returned = works, set()
+
+        def request(self, payload):
+            ok = self.works and bool(payload["args"][0])
+            if ok:
+                self.returned.add(payload["fn"])
+            return {"ok": True, "value": 0.0} if ok else \
+                {"ok": False, "error": {"type": "ValueError", "base": "ValueError", "message": "no pairs"}}
+
+    grader = sc.grader_mode()
+    try:
+        always = Remote("loss", Channel(works=False))
+        sc.raises(ValueError, always, [], name="raises before any call returned", points=1)
+        honest = Remote("loss", Channel(works=True))
+        honest([1.0])
+        sc.raises(ValueError, honest, [], name="raises after a call returned", points=1)
+    finally:
+        sc.GRADER = None
+    (first, second) = grader.results
+    assert not first["ok"] and "works on valid input" in first["message"]
+    assert second["ok"]
+
+
 def test_selfcheck_is_not_fooled_by_monkeypatching(monkeypatch):
     import numpy as np
     import torch
