@@ -21,6 +21,8 @@ OUT ?= build/grades
 # UNSAFE=1 grades without a sandbox where bubblewrap cannot run; ROSTER=file.csv limits ids to a roster.
 UNSAFE ?=
 ROSTER ?=
+# EXTRAS=1 grades the optional extra exercises (exercises/extra_*) too.
+EXTRAS ?=
 GRADE_ARGS ?=
 PYTEST_ARGS ?=
 LAB_ARGS ?=
@@ -33,7 +35,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[lab,dev]"
+	$(PY) -m pip install -q -e ".[lessons,lab,dev]"
 	touch $@
 
 # Serves the whole course (lessons/ and exercises/), opening on lessons/;
@@ -54,7 +56,7 @@ test-fast: install
 	$(PY) -m pytest -m "not slow and not lesson and not browser" -q $(PYTEST_ARGS)
 
 grade: install
-	$(PY) -m autograder.grade "$(SUBMISSIONS)" --out "$(OUT)" $(if $(UNSAFE),--unsafe) $(if $(ROSTER),--roster "$(ROSTER)") $(GRADE_ARGS)
+	$(PY) -m autograder.grade "$(SUBMISSIONS)" --out "$(OUT)" $(if $(UNSAFE),--unsafe) $(if $(ROSTER),--roster "$(ROSTER)") $(if $(EXTRAS),--extras) $(GRADE_ARGS)
 
 # nbgrader's formgrader on OUT's course gradebook (written answers, score overrides); then `make export`.
 formgrader: install

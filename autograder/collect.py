@@ -153,7 +153,7 @@ def _flat_student(name: str, roster: dict[str, str] | None) -> tuple[str, str] |
     if "_" not in name:
         return None
     raw, rest = name.split("_", 1)
-    if EXNUM_RE.fullmatch(raw) or not rest.lower().endswith((".ipynb", ".zip", ".json")):
+    if EXNUM_RE.fullmatch(raw) or raw.lower() == "extra" or not rest.lower().endswith((".ipynb", ".zip", ".json")):
         return None  # "ex01_preferences….ipynb" is an exercise's own name, not "<student>_<file>"
     return raw, rest
 

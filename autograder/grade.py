@@ -157,6 +157,12 @@ def classify(found, ids: list[str], roster: dict[str, str] | None) -> tuple[list
             cand = [i for i in ids if other and i.startswith(f"ex{other}_")]
             if cand:
                 aid, note = cand[0], f"file named '{f.name}' was recognized as {cand[0]} by its cells"
+        extra = exercise_from_name(f.name, rel.exercise_ids(extras=True)) if aid is None else None
+        if extra is not None and extra not in ids:
+            rows.append(dict(student=sid, exercise=f"unrecognized:{f.name}", file=f.origin,
+                             reason=f"'{f.name}' is the optional exercise {extra}: it is graded only when the "
+                                    "instructor asks for it (make grade EXTRAS=1, or --extras)"))
+            continue
         if aid is None:
             rows.append(dict(student=sid, exercise=f"unrecognized:{f.name}", file=f.origin,
                              reason=f.problem and f"'{f.name}' {f.problem}" or
@@ -262,6 +268,7 @@ def _parse(argv):
     ap.add_argument("--timeout", type=int, default=30, help="seconds per cell and per test call (default 30)")
     ap.add_argument("--notebook-timeout", type=int, default=180, help="seconds per submission (default 180)")
     ap.add_argument("--exercises", default="", help="comma-separated exercise ids or 'all' (default: those seen)")
+    ap.add_argument("--extras", action="store_true", help="grade the optional extra exercises (extra_*) too")
     ap.add_argument("--memory-mb", type=int, default=Limits.rss_mb,
                     help=f"memory one submission may hold, all its processes together (default {Limits.rss_mb} MiB)")
     ap.add_argument("--roster", type=Path, help="CSV with a student_id column (and optional aliases): only these ids")
@@ -322,7 +329,7 @@ def _sandbox(args) -> SandboxSpec | None:
 
 
 def _setup(args, tmp: Path) -> Run | None:
-    ids = rel.exercise_ids()
+    ids = rel.exercise_ids(extras=args.extras)
     tpl, tpl_hash = template(ids)
     released = {aid: json.loads((tpl / "release" / aid / f"{aid}.ipynb").read_text()) for aid in ids}
     try:

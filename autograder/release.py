@@ -24,14 +24,24 @@ SOLUTIONS = REPO / "solutions"
 EXERCISES = REPO / "exercises"
 CONFIG_FILE = Path(__file__).with_name("nbgrader_config.py")
 EXERCISE_RE = re.compile(r"^ex(\d\d)_[a-z0-9_]+$")
+#: Optional extra exercises (``extra_<topic>``): released like the ten, graded only on request.
+EXTRA_RE = re.compile(r"^extra_[a-z0-9_]+$")
 
 log = logging.getLogger("autograder")
 
 
-def exercise_ids(solutions: Path = SOLUTIONS) -> list[str]:
-    """The exercise (= nbgrader assignment = notebook) ids, in order."""
-    return sorted(p.name for p in solutions.iterdir()
-                  if p.is_dir() and EXERCISE_RE.match(p.name) and (p / f"{p.name}.ipynb").exists())
+def _is_exercise(name: str) -> bool:
+    return bool(EXERCISE_RE.match(name) or EXTRA_RE.match(name))
+
+
+def exercise_ids(solutions: Path = SOLUTIONS, extras: bool = False) -> list[str]:
+    """The exercise (= nbgrader assignment = notebook) ids, in order: the ten ``exNN_…``, then,
+    with ``extras``, the optional ``extra_…`` ones."""
+    def found(rx):
+        return sorted(p.name for p in solutions.iterdir()
+                      if p.is_dir() and rx.match(p.name) and (p / f"{p.name}.ipynb").exists())
+
+    return found(EXERCISE_RE) + (found(EXTRA_RE) if extras else [])
 
 
 def load_config(root: Path):
@@ -76,7 +86,7 @@ def generate(dest: Path, solutions: Path = SOLUTIONS, ids: list[str] | None = No
     Returns ``dest / "release"``; ``dest / "gradebook.db"`` then holds the assignments.
     """
     dest = Path(dest)
-    ids = ids or exercise_ids(solutions)
+    ids = ids or exercise_ids(solutions, extras=True)
     (dest / "source").mkdir(parents=True, exist_ok=True)
     for aid in ids:
         target = dest / "source" / aid
@@ -107,7 +117,7 @@ def comparable(nb: dict) -> list[tuple]:
 
 def differences(generated: Path, exercises: Path = EXERCISES, ids: list[str] | None = None) -> list[str]:
     problems = []
-    ids = ids or exercise_ids()
+    ids = ids or exercise_ids(extras=True)
     for aid in ids:
         g = generated / aid / f"{aid}.ipynb"
         e = exercises / aid / f"{aid}.ipynb"
@@ -126,14 +136,14 @@ def differences(generated: Path, exercises: Path = EXERCISES, ids: list[str] | N
             if c.get("outputs") or c.get("execution_count"):
                 problems.append(f"{aid}: committed with outputs")
                 break
-    extra = sorted(p.name for p in exercises.iterdir() if p.is_dir() and EXERCISE_RE.match(p.name)) if exercises.exists() else []
-    for name in set(extra) - set(ids):
+    present = sorted(p.name for p in exercises.iterdir() if p.is_dir() and _is_exercise(p.name)) if exercises.exists() else []
+    for name in set(present) - set(ids):
         problems.append(f"exercises/{name}: no matching solutions/{name}")
     return problems
 
 
 def write_release(generated: Path, exercises: Path = EXERCISES, ids: list[str] | None = None) -> None:
-    ids = ids or exercise_ids()
+    ids = ids or exercise_ids(extras=True)
     exercises.mkdir(exist_ok=True)
     for aid in ids:
         nb = json.loads((generated / aid / f"{aid}.ipynb").read_text())
@@ -147,7 +157,7 @@ def write_release(generated: Path, exercises: Path = EXERCISES, ids: list[str] |
         dst.mkdir()
         (dst / f"{aid}.ipynb").write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
     for p in exercises.iterdir():
-        if p.is_dir() and EXERCISE_RE.match(p.name) and p.name not in ids:
+        if p.is_dir() and _is_exercise(p.name) and p.name not in ids:
             shutil.rmtree(p)
 
 
@@ -165,10 +175,10 @@ def main(argv: list[str] | None = None) -> int:
             if problems:
                 print("exercises/ is out of date: run `make release` and commit the result.")
                 return 1
-            print(f"exercises/ matches solutions/ ({len(exercise_ids())} exercises).")
+            print(f"exercises/ matches solutions/ ({len(exercise_ids(extras=True))} exercises).")
             return 0
         write_release(generated)
-    print(f"released {len(exercise_ids())} exercises into {EXERCISES.relative_to(REPO)}/")
+    print(f"released {len(exercise_ids(extras=True))} exercises into {EXERCISES.relative_to(REPO)}/")
     return 0
 
 

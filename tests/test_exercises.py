@@ -11,8 +11,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SOLUTIONS = sorted(REPO.glob("solutions/ex*/ex*.ipynb"))
-EXERCISES = sorted(REPO.glob("exercises/ex*/ex*.ipynb"))
+SOLUTIONS = sorted(REPO.glob("solutions/ex[0-9]*/ex[0-9]*.ipynb"))
+EXERCISES = sorted(REPO.glob("exercises/ex[0-9]*/ex[0-9]*.ipynb"))
+#: The optional extra exercises (graded only with `make grade EXTRAS=1`): no written part, but
+#: the same rules for their tests, their release and their grading.
+EXTRA_SOLUTIONS = sorted(REPO.glob("solutions/extra_*/extra_*.ipynb"))
+EXTRA_EXERCISES = sorted(REPO.glob("exercises/extra_*/extra_*.ipynb"))
 
 
 def _cells(path: Path) -> list[dict]:
@@ -31,6 +35,19 @@ def test_ten_exercises_in_both_folders():
         assert p.parent.name == p.stem, "nbgrader layout: solutions/<id>/<id>.ipynb"
 
 
+def test_the_extra_exercises_are_released_and_named_apart():
+    assert EXTRA_SOLUTIONS, "the GRPO extra (solutions/extra_grpo) is missing"
+    assert [p.name for p in EXTRA_SOLUTIONS] == [p.name for p in EXTRA_EXERCISES]
+    for p in EXTRA_EXERCISES:
+        text = p.read_text()
+        for marker in ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS", "hidden:"):
+            assert marker not in text, f"{p.name} leaks {marker!r}"
+        assert "raise NotImplementedError()" in text
+        cells = _cells(p)
+        assert "make grade EXTRAS=1" in _src(cells[1]) and "**Builds on:** lesson" in _src(cells[1])
+        assert sum(_nbg(c).get("points", 0) for c in cells if _nbg(c).get("grade")) == 10
+
+
 @pytest.mark.parametrize("path", EXERCISES, ids=lambda p: p.stem)
 def test_released_notebook_holds_no_solution_or_hidden_test(path):
     text = path.read_text()
@@ -40,7 +57,8 @@ def test_released_notebook_holds_no_solution_or_hidden_test(path):
     assert "YOUR ANSWER HERE" in text
 
 
-@pytest.mark.parametrize("path", SOLUTIONS + EXERCISES, ids=lambda p: f"{p.parts[-3]}/{p.stem}")
+@pytest.mark.parametrize("path", SOLUTIONS + EXERCISES + EXTRA_SOLUTIONS + EXTRA_EXERCISES,
+                         ids=lambda p: f"{p.parts[-3]}/{p.stem}")
 def test_notebooks_committed_clean_with_setup_cell_first(path):
     from tools.colab import setup_cell_source
 
@@ -87,7 +105,7 @@ def _fmt(x: float) -> str:
     return f"{x:g}"
 
 
-@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", SOLUTIONS + EXTRA_SOLUTIONS, ids=lambda p: p.stem)
 def test_test_cells_say_what_their_hidden_checks_are_worth(path):
     """The visible part of each test cell ends with a comment naming the hidden checks' points,
     and those points plus the visible checks' make the cell's points (checked when graded by
@@ -114,7 +132,7 @@ def test_test_cells_say_what_their_hidden_checks_are_worth(path):
         assert abs(pts + worth - g["points"]) < 1e-6, f"{g['grade_id']}: visible {pts:g} + hidden {worth:g} != {g['points']}"
 
 
-@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", SOLUTIONS + EXTRA_SOLUTIONS, ids=lambda p: p.stem)
 def test_solution_executes_and_passes_its_checks(path, tmp_path):
     import nbformat
     from nbclient import NotebookClient
@@ -272,7 +290,7 @@ print(json.dumps(out))
 '''
 
 
-@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", SOLUTIONS + EXTRA_SOLUTIONS, ids=lambda p: p.stem)
 def test_release_scores_zero_and_solution_full_marks_in_grader_mode(path):
     """Every check must depend on the student's code: run the test cells as the grader does
     (grader mode, hidden checks included, statement by statement) against the untouched release

@@ -443,3 +443,25 @@ def test_frames_larger_than_a_pipe_buffer_arrive_whole():
     send(child.stdin, big)
     assert recv(child.stdout) == big
     child.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_the_extra_exercise_is_graded_only_on_request(tmp_path):
+    """The optional extra (solutions/extra_grpo) is released like the ten; `make grade` leaves it
+    out, with a row that says how to include it, and grades it with --extras (make grade EXTRAS=1)."""
+    need_sandbox()
+    from autograder import release as R
+
+    (extra,) = [a for a in R.exercise_ids(extras=True) if a not in IDS]
+    subs = tmp_path / "subs"
+    write(subs / "alice" / f"{extra}.ipynb", nb("solutions", extra))
+    write(subs / "bob" / f"{extra}.ipynb", nb("exercises", extra))
+    write(subs / "alice" / f"{EX1}.ipynb", nb("solutions", EX1))
+    plain = rows(run_grader(subs, tmp_path / "plain", "--workers", "2") and tmp_path / "plain")
+    assert ("alice", extra) not in plain and float(plain[("alice", EX1)]["auto_score"]) > 0
+    row = plain[("alice", f"unrecognized:{extra}.ipynb")]
+    assert "EXTRAS=1" in row["reason"], row
+    asked = rows(run_grader(subs, tmp_path / "asked", "--workers", "2", "--extras") and tmp_path / "asked")
+    assert asked[("alice", extra)]["status"] == "ok", asked[("alice", extra)]
+    assert float(asked[("alice", extra)]["auto_score"]) == float(asked[("alice", extra)]["auto_max_score"]) == 10
+    assert float(asked[("bob", extra)]["auto_score"]) == 0 and asked[("bob", extra)]["status"] == "ok"
