@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -121,24 +122,33 @@ def load_gpt2_sft(cache_dir: str | Path | None = None, device=None, dtype=None, 
 
     The tiny scale ships its SFT checkpoint; at GPT-2 scale the same recipe (response-only
     SFT on ``world.demonstrations``) runs once, about 2 minutes on a Colab T4, and is cached in
-    ``$PREFLAB_CACHE`` (default ``~/.cache/preflab``) under the world's data version.
+    ``cache_dir``, else ``$PREFLAB_CACHE`` (on Colab, a Google Drive folder keeps it across
+    notebooks: the setup cell mounts it), else ``~/.cache/preflab``, under the world's data version.
 
     Lesson 00 (the GPT-2 scale on Colab).
     """
     hp = {**GPT2_SFT, **overrides}
     world = make_world(hp["world_seed"])
-    cache_dir = Path(cache_dir or os.environ.get("PREFLAB_CACHE", Path.home() / ".cache" / "preflab"))
+    cache_dir = Path(cache_dir or os.environ.get("PREFLAB_CACHE") or Path.home() / ".cache" / "preflab")
     target = cache_dir / f"gpt2-sft-{world.version_hash}-{hp['steps']}"
-    if (target / "config.json").exists():
+    if (target / "model.safetensors").exists():
         return load_policy("gpt2", stage="base", path=target, device=device, dtype=dtype)
     model, tok = load_policy("gpt2", stage="base", device=device)
     print(f"preflab: finetuning GPT-2 on {hp['n_demos']} world demonstrations ({hp['steps']} steps); "
           f"cached in {target}")
     demos = world.demonstrations(hp["n_demos"], rng=hp["seed"] + 1)
     train_sft(model, tok, demos, SFTConfig(steps=hp["steps"], batch_size=hp["batch_size"], lr=hp["lr"], seed=hp["seed"]))
-    target.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(target))
-    tok.save_pretrained(str(target))
+    # written beside the target, then renamed: a run stopped mid-save (a Colab runtime can vanish,
+    # a Drive cache outlives it) leaves no half-written checkpoint that later loads would trust
+    partial = cache_dir / f"{target.name}.partial-{os.getpid()}"
+    model.save_pretrained(str(partial))
+    tok.save_pretrained(str(partial))
+    if target.exists() and not (target / "model.safetensors").exists():
+        shutil.rmtree(target, ignore_errors=True)  # left by an interrupted save of an older version
+    try:
+        partial.rename(target)
+    except OSError:  # another notebook cached it first
+        shutil.rmtree(partial, ignore_errors=True)
     if dtype is not None:
         model.to(dtype=dtype)
     return model, tok

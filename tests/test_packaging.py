@@ -54,7 +54,25 @@ def test_every_notebook_starts_with_the_setup_cell():
             assert "".join(first["source"]) == src, f"{path}: stale setup cell; run python -m tools.colab"
 
 
-def test_setup_cell_is_a_no_op_outside_colab():
+def test_setup_cell_is_a_no_op_outside_colab(tmp_path, monkeypatch, capsys):
+    """Outside Colab the cell ignores its settings: no clone, no install, no output, no scale set,
+    nothing left in the notebook's namespace but os and sys. (On Colab: tests/test_colab_sim.py.)"""
+    import os
+    import sys
+
+    monkeypatch.setenv("PREFLAB_HOME", str(tmp_path / "preflab"))
+    monkeypatch.setenv("PREFLAB_REPO_URL", "file:///nonexistent/preflab.git")
+    monkeypatch.delenv("PREFLAB_SCALE", raising=False)
     ns: dict = {}
     exec(setup_cell_source(), ns)  # must not clone, install or fail here
-    assert "google.colab" not in __import__("sys").modules
+    assert "google.colab" not in sys.modules
+    assert not (tmp_path / "preflab").exists() and "PREFLAB_SCALE" not in os.environ
+    assert capsys.readouterr().out == ""
+    assert set(ns) - {"__builtins__"} == {"os", "sys"}
+
+
+def test_the_setup_cell_takes_the_repository_address_from_tools_colab():
+    from tools.colab import REPO_URL
+
+    src = setup_cell_source()
+    assert src.count(REPO_URL) == 1 and "PREFLAB_REPO_URL" in src and "PREFLAB_HOME" in src
