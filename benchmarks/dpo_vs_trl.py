@@ -30,15 +30,28 @@ What each timer includes:
   preflab's ``cache_reference`` does): its reference pass over the data set (batches of
   ``precompute_ref_batch_size`` = preflab's ``ref_batch_size``) plus ``trainer.train()``.
 
-Loading the model (once, then ``copy.deepcopy`` per run) is outside every timer. Runs alternate
-(preflab, TRL, TRL-precomputed, preflab, ...) so that a change in the machine's load hits all
-of them; the table gives medians.
+Loading the model (once, then ``copy.deepcopy`` per run) is outside every timer. Timers read both
+the wall clock and this process's CPU seconds (``time.process_time``: every thread of it).
+
+Interleaved rounds: every variant (preflab as shipped, each speed switch off, packing on, TRL,
+TRL with its precomputed reference) runs once per round, in an order shuffled once and rotated by
+one place each round, so a change in the machine's load hits every variant alike. The figures
+are the median over rounds of the PER-ROUND ratio (preflab / TRL of the same round), wall clock
+and CPU seconds, with the range over rounds; on a loaded machine the CPU-second ratio is the one
+to trust.
+
+Two sizes: the tiny checkpoint (data/tiny; 192 pairs, batch 32, 2 epochs, 5 rounds) and GPT-2
+small's shape (12 layers, width 768, 12 heads, 50257 ids, 124M, random weights; 8 pairs, batch 4,
+2 steps, 3 rounds, preflab and packing against TRL only, to keep ``make bench`` short). At both,
+the step-0 loss and log-probs of each side are compared.
 """
 
 from __future__ import annotations
 
 import copy
+import gc
 import os
+import sys
 import tempfile
 import time
 import uuid
@@ -46,7 +59,7 @@ import warnings
 
 import numpy as np
 
-from benchmarks.common import load_average, median, row
+from benchmarks.common import fmt_ratio, interleaved, load_average, median, per_round_ratios, ratio_summary, row
 
 # TRL must never reach the hub: set before transformers / trl / datasets are imported.
 for _k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY"):
@@ -232,94 +245,191 @@ def compare_histories(a: list[dict], b: list[dict], first: int) -> dict:
 
 
 # ----------------------------------------------------------------------------- the benchmark
-def run(quick: bool = False, rounds: int | None = None, pairs: int | None = None, epochs: int = 2,
-        batch_size: int = 32, beta: float = 0.1, lr: float = 5e-4) -> dict:
-    """Alternate preflab / TRL / TRL-precomputed runs; return results and table rows."""
+# name -> DPOSpeed switches; the TRL variants are added in run().
+PREFLAB_VARIANTS = {
+    "preflab": {},
+    "concat_forward off": {"concat_forward": False},
+    "cache_reference off": {"cache_reference": False},
+    "trim_padding off": {"trim_padding": False},
+    "pack_sequences on": {"pack_sequences": True},
+}
+SIZES = {
+    # the course's tiny SFT checkpoint (data/tiny)
+    "tiny": dict(pairs=192, epochs=2, batch_size=32, rounds=5, lr=5e-4),
+    # GPT-2 small's shape (12 layers, width 768, 12 heads, vocabulary 50257), random weights, short run
+    "gpt2-small shape": dict(pairs=8, epochs=1, batch_size=4, rounds=3, lr=1e-5),
+}
+QUICK = {"tiny": dict(pairs=8, epochs=2, batch_size=4, rounds=2, lr=5e-4),
+         "gpt2-small shape": dict(pairs=4, epochs=1, batch_size=2, rounds=1, lr=1e-5)}
+QUICK_GPT2 = dict(n_layer=2, n_head=2, n_embd=64, n_positions=256)  # --quick: the code path, 50257 vocab kept
+TARGET_CPU_RATIO = 3.0  # issue 17: preflab's default >= 3x TRL's pairs per CPU-second, tiny model
+DESIGN_RATIO = 2.0      # design.md: >= 2x TRL's pairs/s
+LOSS0_TOL = 1e-5
+
+
+def gpt2_small_shape(quick: bool = False, seed: int = 0):
+    """``GPT2LMHeadModel(GPT2Config())`` (124M; 12 layers, width 768, 12 heads, 50257 ids) with seeded
+    random weights: nothing can be downloaded. Text goes through the tiny tokenizer (its 768 ids
+    are a subset of the model's), sequences cut at its 128-token context."""
     import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
 
-    from preflab.model import load_policy
+    torch.manual_seed(seed)
+    shape = dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257)
+    model = GPT2LMHeadModel(GPT2Config(**{**shape, **(QUICK_GPT2 if quick else {})}))
+    return model.eval()
 
-    rounds = rounds or (1 if quick else 3)
-    batch_size = 4 if quick else batch_size
-    pairs = pairs or (8 if quick else 192)
-    pairs -= pairs % batch_size
-    if pairs < batch_size:
-        raise ValueError(f"pairs ({pairs}) must be at least one batch ({batch_size})")
-    steps = epochs * pairs // batch_size
-    compare_steps = min(steps, 5)
-    model, tok = load_policy("tiny", device="cpu")
-    records = make_pairs(pairs)
-    tokens = token_check(model, tok, records, steps, batch_size, beta, lr)
 
-    # warm-up (untimed): first calls pay for lazy initialization on both sides
-    if not quick:
+def _step0(a: dict, b: dict) -> dict:
+    """How far apart two runs' first logged step is: loss (absolute) and logps (relative)."""
+    rel = max(abs(a[k] - b[k]) / max(abs(b[k]), 1e-12) for k in ("logps/chosen", "logps/rejected"))
+    return {"loss_abs_diff": abs(a["loss"] - b["loss"]), "logps_rel_diff": rel,
+            "loss": {"preflab": a["loss"], "trl": b["loss"]},
+            "logps_chosen": {"preflab": a["logps/chosen"], "trl": b["logps/chosen"]}}
+
+
+def compare_size(label: str, model, tok, records, steps: int, batch_size: int, rounds: int, lr: float,
+                 beta: float = 0.1, preflab_variants: dict | None = None, trl_precomputed: bool = True,
+                 warm_up: bool = True, seed: int = 0) -> dict:
+    """Every variant once per round (order shuffled, then rotated per round), ``rounds`` rounds.
+
+    Returns each run's seconds and CPU seconds, and per-round ratios to the baselines:
+    each preflab variant to TRL's DPOTrainer, and each switch to preflab as shipped."""
+    preflab_variants = PREFLAB_VARIANTS if preflab_variants is None else preflab_variants
+    variants = {name: (lambda sw=sw: run_preflab(model, tok, records, steps, batch_size, beta, lr, seed, **sw))
+                for name, sw in preflab_variants.items()}
+    variants["trl"] = lambda: run_trl(model, tok, records, steps, batch_size, beta, lr, precompute=False, seed=seed)
+    if trl_precomputed:
+        variants["trl_precomputed"] = lambda: run_trl(model, tok, records, steps, batch_size, beta, lr,
+                                                      precompute=True, seed=seed)
+    if warm_up:  # untimed: first calls pay for lazy initialization on both sides
         warm = records[: 2 * batch_size]
         run_preflab(model, tok, warm, 1, batch_size, beta, lr)
         run_trl(model, tok, warm, 1, batch_size, beta, lr, precompute=False)
 
-    runs = {"preflab": [], "preflab_packed": [], "trl": [], "trl_precomputed": []}
-    for _ in range(rounds):
-        runs["preflab"].append(run_preflab(model, tok, records, steps, batch_size, beta, lr))
-        runs["preflab_packed"].append(run_preflab(model, tok, records, steps, batch_size, beta, lr,
-                                                  pack_sequences=True))
-        runs["trl"].append(run_trl(model, tok, records, steps, batch_size, beta, lr, precompute=False))
-        runs["trl_precomputed"].append(run_trl(model, tok, records, steps, batch_size, beta, lr, precompute=True))
+    def collected(fn):
+        def go():
+            gc.collect()  # the previous run's garbage is not this run's cost
+            return fn()
+        return go
 
-    ratio = [p["pairs_per_s"] / t["pairs_per_s"] for p, t in zip(runs["preflab"], runs["trl"])]
-    ratio_pre = [p["pairs_per_s"] / t["pairs_per_s"] for p, t in zip(runs["preflab"], runs["trl_precomputed"])]
-    pf_hist, trl_hist = runs["preflab"][0]["history"], runs["trl"][0]["history"]
-    agree = compare_histories(pf_hist, trl_hist, compare_steps)
-    agree_pre = compare_histories(pf_hist, runs["trl_precomputed"][0]["history"], compare_steps)
-    step0 = {"preflab": pf_hist[0], "trl": trl_hist[0] if trl_hist else None}
-    loss0_diff = abs(pf_hist[0]["loss"] - trl_hist[0]["loss"]) if trl_hist else None
-    med = {k: median([r["pairs_per_s"] for r in v]) for k, v in runs.items()}
-    med_cpu = {k: median([r["pairs_per_cpu_s"] for r in v]) for k, v in runs.items()}
-    ratio_cpu = [p["pairs_per_cpu_s"] / t["pairs_per_cpu_s"] for p, t in zip(runs["preflab"], runs["trl"])]
-    ratio_packed = [p["pairs_per_s"] / t["pairs_per_s"] for p, t in zip(runs["preflab_packed"], runs["trl"])]
-    ratio_packed_cpu = [p["pairs_per_cpu_s"] / t["pairs_per_cpu_s"] for p, t in zip(runs["preflab_packed"], runs["trl"])]
-    packed_loss0_diff = abs(runs["preflab_packed"][0]["history"][0]["loss"] - pf_hist[0]["loss"])
-    res = {
-        "setup": {"steps": steps, "epochs": epochs, "batch_size": batch_size, "pairs": len(records), "rounds": rounds, "beta": beta,
+    log = lambda msg: print(f"[bench]   dpo {label}: {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    out = interleaved({k: collected(v) for k, v in variants.items()}, rounds, seed=seed, log=log)
+    runs = out["runs"]
+    hist = {k: v[0]["history"] for k, v in runs.items()}
+    ratios = {}
+    for name in variants:
+        if name == "trl":
+            continue
+        for base in ("trl",) + (("preflab",) if name in preflab_variants and name != "preflab" else ()):
+            ratios[f"{name} / {base}"] = {
+                "wall": ratio_summary(per_round_ratios(runs, name, base, "pairs_per_s")),
+                "cpu": ratio_summary(per_round_ratios(runs, name, base, "pairs_per_cpu_s"))}
+    if trl_precomputed:
+        ratios["preflab / trl_precomputed"] = {
+            "wall": ratio_summary(per_round_ratios(runs, "preflab", "trl_precomputed", "pairs_per_s")),
+            "cpu": ratio_summary(per_round_ratios(runs, "preflab", "trl_precomputed", "pairs_per_cpu_s"))}
+    step0 = {name: _step0(hist[name][0], hist["trl"][0]) for name in variants if name != "trl" and hist[name]}
+    return {
+        "setup": {"pairs": len(records), "steps": steps, "batch_size": batch_size, "rounds": rounds, "beta": beta,
                   "lr": lr, "loss_type": "sigmoid", "logps": "summed", "max_length": tok.model_max_length,
-                  "torch_threads": torch.get_num_threads(), "device": "cpu"},
-        "tokens": tokens,
+                  "parameters": sum(p.numel() for p in model.parameters()), "vocab_size": model.config.vocab_size,
+                  "n_layer": model.config.n_layer, "n_embd": model.config.n_embd, "n_head": model.config.n_head},
+        "order": out["order"],
         "runs": {k: [{kk: vv for kk, vv in r.items() if kk != "history"} for r in v] for k, v in runs.items()},
-        "median_pairs_per_s": med, "median_pairs_per_cpu_s": med_cpu,
-        "median_ratio_cpu_time": median(ratio_cpu), "ratios_cpu_time": ratio_cpu,
-        "median_ratio": median(ratio), "ratios": ratio,
-        "median_ratio_packed": median(ratio_packed), "ratios_packed": ratio_packed,
-        "median_ratio_packed_cpu_time": median(ratio_packed_cpu), "packed_step0_loss_abs_diff": packed_loss0_diff,
-        "median_ratio_vs_trl_precomputed": median(ratio_pre), "ratios_vs_trl_precomputed": ratio_pre,
-        "step0": step0, "step0_loss_abs_diff": loss0_diff,
-        "agreement": agree, "agreement_trl_precomputed": agree_pre,
-        "histories": {"preflab": pf_hist[:compare_steps], "trl": trl_hist[:compare_steps]},
+        "median_pairs_per_s": {k: median([r["pairs_per_s"] for r in v]) for k, v in runs.items()},
+        "median_pairs_per_cpu_s": {k: median([r["pairs_per_cpu_s"] for r in v]) for k, v in runs.items()},
+        "ratios": ratios, "step0": step0,
+        "histories": {k: v[:5] for k, v in hist.items()},
     }
-    md = agree["max_abs_diff"]
-    rows = [
-        row("dpo", "preflab pairs/s (median)", f"{med['preflab']:.1f}"),
-        row("dpo", "TRL DPOTrainer pairs/s (median)", f"{med['trl']:.1f}"),
-        row("dpo", "TRL precompute_ref_log_probs pairs/s", f"{med['trl_precomputed']:.1f}"),
-        row("dpo", "ratio preflab / TRL (median)", f"{res['median_ratio']:.2f}x", ">= 2x",
-            res["median_ratio"] >= 2.0),
-        row("dpo", "preflab pack_sequences=True pairs/s (median)", f"{med['preflab_packed']:.1f}"),
-        row("dpo", "ratio preflab packed / TRL (median)", f"{res['median_ratio_packed']:.2f}x", ">= 2x",
-            res["median_ratio_packed"] >= 2.0),
-        row("dpo", "ratio per CPU-second preflab packed / TRL", f"{res['median_ratio_packed_cpu_time']:.2f}x"),
-        row("dpo", "step-0 loss |packed - padded|", f"{packed_loss0_diff:.1e}", "<= 1e-5", packed_loss0_diff <= 1e-5),
-        row("dpo", "ratio preflab / TRL precomputed", f"{res['median_ratio_vs_trl_precomputed']:.2f}x"),
-        row("dpo", "ratio per CPU-second preflab / TRL", f"{res['median_ratio_cpu_time']:.2f}x"),
-        row("dpo", "step-0 loss |preflab - TRL|", f"{loss0_diff:.1e}" if loss0_diff is not None else "n/a",
-            "<= 1e-5", loss0_diff is not None and loss0_diff <= 1e-5),
-        row("dpo", f"max |diff| rewards/* over {agree['steps_compared']} steps",
-            f"{max(md[k] for k in ('rewards/chosen', 'rewards/rejected', 'rewards/margins')):.1e}", "<= 1e-3",
-            max(md[k] for k in ('rewards/chosen', 'rewards/rejected', 'rewards/margins')) <= 1e-3),
-        row("dpo", f"max |diff| rewards/accuracies, {agree['steps_compared']} steps", f"{md['rewards/accuracies']:.3f}",
-            "<= 1/batch", md["rewards/accuracies"] <= 1.0 / batch_size + 1e-9),
-        row("dpo", "max |diff| logps/chosen at step 0",
-            f"{abs(pf_hist[0]['logps/chosen'] - trl_hist[0]['logps/chosen']):.1e}", "<= 1e-3",
-            abs(pf_hist[0]["logps/chosen"] - trl_hist[0]["logps/chosen"]) <= 1e-3),
-        row("dpo", "token sequences that differ (TRL vs encode)",
-            f"{tokens['mismatched_sequences']}/{tokens['sequences']}", "0", tokens["mismatched_sequences"] == 0),
-    ]
+
+
+def run(quick: bool = False, sizes: tuple[str, ...] = ("tiny", "gpt2-small shape"), rounds: int | None = None,
+        beta: float = 0.1) -> dict:
+    """preflab's DPO trainer (as shipped, each switch off, packing on) against TRL's DPOTrainer,
+    interleaved round by round, at the tiny size and at GPT-2 small's shape."""
+    import torch
+
+    from preflab.model import load_policy
+
+    tiny, tok = load_policy("tiny", device="cpu")
+    res = {"torch_threads": torch.get_num_threads(), "device": "cpu", "sizes": {}}
+    rows = []
+    for label in sizes:
+        cfg = dict((QUICK if quick else SIZES)[label])
+        n_rounds = rounds or cfg["rounds"]
+        bs = cfg["batch_size"]
+        pairs = cfg["pairs"] - cfg["pairs"] % bs
+        if pairs < bs:
+            raise ValueError(f"pairs ({pairs}) must be at least one batch ({bs})")
+        steps = cfg["epochs"] * pairs // bs
+        records = make_pairs(pairs, seed=0 if label == "tiny" else 1)
+        if label == "tiny":
+            model, variants, pre = tiny, PREFLAB_VARIANTS, True
+        else:  # short: the shipped trainer and packing against TRL, no TRL-precomputed, no switches
+            model, pre = gpt2_small_shape(quick), False
+            variants = {k: PREFLAB_VARIANTS[k] for k in ("preflab", "pack_sequences on")}
+        r = compare_size(label, model, tok, records, steps, bs, n_rounds, cfg["lr"], beta, variants,
+                         trl_precomputed=pre, warm_up=not quick)
+        if label == "tiny":
+            r["tokens"] = token_check(model, tok, records, steps, bs, beta, cfg["lr"])
+            r["agreement"] = compare_histories(r["histories"]["preflab"], r["histories"]["trl"], min(steps, 5))
+            r["agreement_trl_precomputed"] = compare_histories(r["histories"]["preflab"],
+                                                               r["histories"]["trl_precomputed"], min(steps, 5))
+        res["sizes"][label] = r
+        del model
+        rows += _rows(label, r)
     res["rows"] = rows
+    # the headline figures, flat (for the README and the tests)
+    if "tiny" in res["sizes"]:
+        t = res["sizes"]["tiny"]
+        res["target"] = _target(t)
     return res
+
+
+def _target(t: dict) -> dict:
+    cpu = t["ratios"]["preflab / trl"]["cpu"]["median"]
+    loss0 = t["step0"]["preflab"]["loss_abs_diff"]
+    return {"what": "preflab's default DPO >= 3x TRL DPOTrainer's pairs per CPU-second, tiny model, same step-0 loss",
+            "measured_cpu_ratio": cpu, "step0_loss_abs_diff": loss0,
+            "met": bool(cpu is not None and cpu >= TARGET_CPU_RATIO and loss0 <= LOSS0_TOL)}
+
+
+def _rows(label: str, r: dict) -> list[dict]:
+    b = f"dpo {label}"
+    med, medc, ra = r["median_pairs_per_s"], r["median_pairs_per_cpu_s"], r["ratios"]
+    s = r["setup"]
+    out = [row(b, f"setup: {s['parameters'] / 1e6:.1f}M params, vocab {s['vocab_size']}, batch {s['batch_size']}, "
+                  f"{s['steps']} steps, {s['rounds']} rounds", "")]
+    for name in r["runs"]:
+        out.append(row(b, f"{name}: pairs/s, pairs/CPU-s (median)", f"{med[name]:.1f}, {medc[name]:.1f}"))
+    w, c = ra["preflab / trl"]["wall"], ra["preflab / trl"]["cpu"]
+    l0 = r["step0"]["preflab"]["loss_abs_diff"]
+    if label == "tiny":
+        out.append(row(b, "preflab / TRL, per CPU-second (per-round median [range])", fmt_ratio(c),
+                       ">= 3x, same step-0 loss (issue 17)",
+                       c["median"] is not None and c["median"] >= TARGET_CPU_RATIO and l0 <= LOSS0_TOL))
+        out.append(row(b, "preflab / TRL, wall clock", fmt_ratio(w), ">= 2x (design.md)",
+                       w["median"] is not None and w["median"] >= DESIGN_RATIO))
+    else:
+        out.append(row(b, "preflab / TRL, per CPU-second", fmt_ratio(c)))
+        out.append(row(b, "preflab / TRL, wall clock", fmt_ratio(w)))
+    for key in ra:
+        if key == "preflab / trl":
+            continue
+        out.append(row(b, f"{key}: wall | CPU", f"{fmt_ratio(ra[key]['wall'])} | {fmt_ratio(ra[key]['cpu'])}"))
+    out.append(row(b, "step-0 loss |preflab - TRL|", f"{l0:.1e}", f"<= {LOSS0_TOL:.0e}", l0 <= LOSS0_TOL))
+    rel = r["step0"]["preflab"]["logps_rel_diff"]
+    out.append(row(b, "step-0 logps, relative |preflab - TRL|", f"{rel:.1e}", "<= 1e-4", rel <= 1e-4))
+    for name, d in r["step0"].items():
+        if name != "preflab":
+            out.append(row(b, f"step-0 loss |{name} - TRL|", f"{d['loss_abs_diff']:.1e}", f"<= {LOSS0_TOL:.0e}",
+                           d["loss_abs_diff"] <= LOSS0_TOL))
+    if "agreement" in r:
+        md, n = r["agreement"]["max_abs_diff"], r["agreement"]["steps_compared"]
+        worst = max(md[k] for k in ("rewards/chosen", "rewards/rejected", "rewards/margins"))
+        out.append(row(b, f"max |diff| rewards/* over {n} steps", f"{worst:.1e}", "<= 1e-3", worst <= 1e-3))
+        tk = r["tokens"]
+        out.append(row(b, "token sequences that differ (TRL vs encode)",
+                       f"{tk['mismatched_sequences']}/{tk['sequences']}", "0", tk["mismatched_sequences"] == 0))
+    return out
