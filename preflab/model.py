@@ -4,7 +4,9 @@ prompt/response pairs and response-only log-probs).
 Two scales share one code path:
 
 * ``tiny`` (default): a GPT-2-architecture model of about 1 M parameters and a byte-level BPE
-  tokenizer, trained on the synthetic world and shipped in ``data/tiny/`` (no network).
+  tokenizer, trained on the synthetic world and shipped in ``data/tiny/`` (no network). The
+  repository's ``data/`` folder is installed as the package ``preflab._data``, so a wheel carries
+  the checkpoints too; :data:`DATA_DIR` says where they were found.
 * ``gpt2``: the real GPT-2 (124 M) loaded by name through ``transformers`` (for Colab GPUs),
   or from a local directory with ``path=``.
 
@@ -27,6 +29,7 @@ import platform
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
@@ -39,8 +42,60 @@ from preflab.sft import SFTConfig, train_sft
 import preflab.world as world_module  # RUBRIC is read at call time: Rubric.active() swaps it
 from preflab.world import PROMPT_TEMPLATE, make_world
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+def _find_data_dir() -> Path:
+    """The folder that holds ``tiny/``: the package data ``preflab._data`` (site-packages/preflab/_data
+    in a wheel; the repository's data/ folder in an editable install, mapped by pyproject.toml), else the
+    data/ folder beside the package (a checkout on sys.path that was never installed, as in Colab's
+    setup cell or ``PYTHONPATH=.``)."""
+    try:
+        return Path(str(resources.files("preflab._data"))).resolve()
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "data"
+
+
+DATA_DIR = _find_data_dir()
 TINY_DIR = DATA_DIR / "tiny"
+
+
+def _in_checkout() -> bool:
+    """True where the data sit in a repository checkout (so `make checkpoints` can rebuild them)."""
+    return (DATA_DIR.parent / "tools" / "build_checkpoints.py").is_file() and (DATA_DIR.parent / "Makefile").is_file()
+
+
+def _missing_data_advice(what: Path) -> str:
+    """What to do about a missing tiny checkpoint file, said for the way preflab was installed."""
+    if _in_checkout():
+        return (f"missing {what}. In this repository checkout ({DATA_DIR.parent}), restore it with "
+                f"`git checkout -- data/` or rebuild the tiny checkpoints with `make checkpoints` "
+                f"(about 6 minutes on 2 cores).")
+    source = "preflab"
+    try:  # where pip installed it from (a wheel file, a git URL), as pip recorded it
+        from importlib.metadata import distribution
+
+        direct = json.loads(distribution("preflab").read_text("direct_url.json") or "{}")
+        source = direct.get("url", source)
+        if direct.get("vcs_info", {}).get("vcs") == "git":
+            source = f"git+{source}"
+    except Exception:  # noqa: BLE001 - advice only
+        pass
+    return (f"missing {what}: this installed preflab ({Path(__file__).resolve().parent}) lacks its package data "
+            f"(preflab/_data/tiny). Reinstall it with `pip install --force-reinstall --no-deps \"{source}\"`, "
+            f"or pass path= a directory holding model.safetensors, config.json and tokenizer.json.")
+
+
+def _gpt2_load_error(name: str, e: Exception) -> FileNotFoundError:
+    """A friendly error for a GPT-2 that would not load from ``name`` (a hub name or a directory)."""
+    where = Path(name).expanduser()
+    if where.is_absolute() or name.startswith((".", "~")) or where.exists():
+        hint = (f"there is no directory {where}" if not where.is_dir() else
+                f"{where} holds no complete checkpoint (config.json, the weights, the tokenizer files)")
+        return FileNotFoundError(f"could not load GPT-2 from {name!r}: {hint}. Pass path= (or set PREFLAB_GPT2_PATH "
+                                 f"to) a directory written by save_pretrained, or use scale='tiny'. "
+                                 f"({e.__class__.__name__})")
+    return FileNotFoundError(f"could not load GPT-2 from {name!r}: it needs network access to the "
+                             f"Hugging Face hub (or a local directory via path= or PREFLAB_GPT2_PATH). "
+                             f"Offline, use scale='tiny'. ({e.__class__.__name__})")
+
 SCALES = ("tiny", "gpt2")
 STAGES = ("base", "sft")
 
@@ -61,8 +116,7 @@ def load_tokenizer(path: str | Path | None = None):
 
     path = Path(path) if path is not None else TINY_DIR / "sft"
     if not (path / "tokenizer.json").exists() and not (path / "vocab.json").exists():
-        raise FileNotFoundError(f"no tokenizer in {path}. Rebuild the tiny checkpoints with "
-                                f"`make checkpoints`, or check that data/ was cloned completely.")
+        raise FileNotFoundError(_missing_data_advice(path / "tokenizer.json"))
     tok = AutoTokenizer.from_pretrained(str(path))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -74,7 +128,7 @@ def load_policy(scale: str | None = None, stage: str = "sft", path: str | Path |
                 device: str | torch.device | None = None, dtype: torch.dtype | None = None):
     """Load a policy and its tokenizer: ``(model, tokenizer)``, the model in eval mode.
 
-    scale="tiny": ``data/tiny/<stage>`` with stage "base" (pretrained on world text) or "sft"
+    scale="tiny": ``data/tiny/<stage>`` (under :data:`DATA_DIR`) with stage "base" (pretrained on world text) or "sft"
     (then finetuned on demonstrations). scale="gpt2": GPT-2 124M from ``path`` or by name.
 
     Lesson 00.
@@ -87,8 +141,7 @@ def load_policy(scale: str | None = None, stage: str = "sft", path: str | Path |
             raise ValueError(f"unknown stage {stage!r} for the tiny scale: choose one of {STAGES}")
         path = Path(path) if path is not None else TINY_DIR / stage
         if not (path / "model.safetensors").exists():
-            raise FileNotFoundError(f"missing checkpoint {path / 'model.safetensors'}. Rebuild it with "
-                                    f"`make checkpoints` (about 10 minutes on 2 cores).")
+            raise FileNotFoundError(_missing_data_advice(path / "model.safetensors"))
         tok = load_tokenizer(path)
         model = AutoModelForCausalLM.from_pretrained(str(path))
     else:
@@ -100,10 +153,11 @@ def load_policy(scale: str | None = None, stage: str = "sft", path: str | Path |
         try:
             tok = AutoTokenizer.from_pretrained(name)
             model = AutoModelForCausalLM.from_pretrained(name)
-        except OSError as e:
-            raise FileNotFoundError(f"could not load GPT-2 from {name!r}: it needs network access to the "
-                                    f"Hugging Face hub (or a local directory via path= or PREFLAB_GPT2_PATH). "
-                                    f"Offline, use scale='tiny'. ({e.__class__.__name__})") from None
+        except (OSError, ValueError) as e:
+            # OSError; under transformers 4.x a missing path raises HFValidationError (a ValueError)
+            if not isinstance(e, OSError) and type(e).__name__ != "HFValidationError":
+                raise  # a bug, not a missing model
+            raise _gpt2_load_error(name, e) from None
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         tok.padding_side = "right"

@@ -109,6 +109,17 @@ def evaluate(model, tok, world, n_prompts: int = 96, per_prompt: int = 4, seed: 
     }
 
 
+def portable_tokenizer_config(d: Path) -> None:
+    """Name the tokenizer class both transformers 4.x and 5.x know. transformers 5 saves
+    ``"tokenizer_class": "TokenizersBackend"``, which 4.x cannot load; ``PreTrainedTokenizerFast``
+    loads the same tokenizer.json on both (5.x maps it onto its TokenizersBackend)."""
+    p = d / "tokenizer_config.json"
+    cfg = json.loads(p.read_text())
+    cfg.pop("backend", None)
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    p.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -143,6 +154,7 @@ def build(out: Path, hp: dict = HPARAMS) -> dict:
         d.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(str(d), safe_serialization=True)
         tok.save_pretrained(str(d))
+        portable_tokenizer_config(d)
         metrics = evaluate(model, tok, world)
         card["stages"][stage] = {
             "final_train_loss": round(float(np.mean(train_losses[-50:])), 4),
