@@ -34,5 +34,6 @@ def load(name: str):
 
 
 def all_modules() -> dict:
-    """{"ex01": module, ...} for every catalogue file."""
-    return {p.stem: load(p.stem) for p in sorted(HERE.glob("ex[0-9][0-9].py"))}
+    """{"ex01": module, ..., "extra_grpo": module} for every catalogue file (the optional extras too)."""
+    files = sorted(HERE.glob("ex[0-9][0-9].py")) + sorted(HERE.glob("extra_*.py"))
+    return {p.stem: load(p.stem) for p in files}
