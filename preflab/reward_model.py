@@ -83,7 +83,8 @@ def pool_index(attention_mask: torch.Tensor, pooling: str = "last") -> torch.Ten
 class RewardModel(torch.nn.Module):
     """A GPT-2 backbone (``transformers.GPT2Model``) and a linear scalar head.
 
-    ``forward(input_ids, attention_mask)`` returns rewards of shape (B,), read at the last real
+    ``forward(input_ids, attention_mask)`` returns rewards of shape (B,) on the device of
+    ``input_ids`` (the inputs go to the model's device for the pass), read at the last real
     token of each row (see :func:`pool_index`; ``pooling`` may be changed to show the bug).
     Position ids come from the attention mask, so left-padded rows score the same as
     right-padded ones.
@@ -117,10 +118,12 @@ class RewardModel(torch.nn.Module):
         if attention_mask.shape != input_ids.shape:
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has "
                              f"{tuple(input_ids.shape)}: build both with preflab.model.encode")
+        home, device = input_ids.device, self.head.weight.device  # inputs go to the model; rewards come back
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         h = self.hidden_states(input_ids, attention_mask)
         idx = pool_index(attention_mask, self.pooling)
         pooled = h[torch.arange(h.shape[0], device=h.device), idx]
-        return self.head(pooled).squeeze(-1).float()
+        return self.head(pooled).squeeze(-1).float().to(home)
 
 
 def load_reward_model(scale: str | None = None, init: str = "sft", pooling: str = "last",

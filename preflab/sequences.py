@@ -11,6 +11,12 @@ unless ``average=True`` (then divided by the number of response tokens). Token t
 at position t - 1: the one-token shift. Positions come from the attention mask, so a
 left-padded row scores the same as a right-padded one.
 
+Devices: :func:`encode` builds batches on the CPU. The functions here that take a model move the
+tensors to the model's device themselves (a GPU on Colab) and hand results back on the device the
+caller's tensors are on, so a CPU batch from :func:`encode` gives CPU log-probs at either scale;
+without gradients they score large batches in chunks (:func:`rows_per_pass`), so an evaluation of
+hundreds of rows of GPT-2 (vocabulary 50257) fits a 16 GB GPU.
+
 Lesson 01 teaches this module (and the masking mistake it guards against); every trainer uses it.
 :mod:`preflab.model` re-exports its names, as the library contract has them there.
 """
@@ -26,8 +32,8 @@ import torch.nn.functional as F
 from preflab.world import PROMPT_TEMPLATE
 
 __all__ = ["Batch", "encode", "right_pad", "pad_to", "take_rows", "trim_padding", "pad_id", "max_context",
-           "hidden_size", "position_ids_from", "token_logprobs", "sequence_logprobs", "response_lengths",
-           "check_masks"]
+           "hidden_size", "position_ids_from", "model_device", "rows_per_pass", "LOGITS_BUDGET", "token_logprobs",
+           "sequence_logprobs", "response_lengths", "check_masks"]
 
 
 @dataclass
@@ -160,32 +166,80 @@ def position_ids_from(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def token_logprobs(model, input_ids, attention_mask, response_mask=None, hidden: bool = False):
-    """log pi(x_t | x_<t) for t = 1..T-1, shape (B, T-1), aligned with ``input_ids[:, 1:]``.
+LOGITS_BUDGET = 2 ** 27
+"""The most logits (rows x positions x vocabulary) one no-grad forward pass may hold: 2^27 floats,
+512 MiB in float32, so GPT-2 (vocabulary 50257) scores about 25 rows of 100 tokens per pass and a
+16 GB Colab T4 holds any evaluation; the tiny model (vocabulary 768) scores up to 1365 rows of 128
+tokens in one pass. Lesson 01."""
 
-    Positions outside ``response_mask[:, 1:]`` (if given) are set to 0. With ``hidden``, also
-    the last layer's hidden states at the predicting positions, shape (B, T-1, H) (PPO's value
-    head reads them). Lesson 01.
-    """
+
+def model_device(model) -> torch.device:
+    """The device a model's parameters live on (where its inputs must go). Lesson 01."""
+    return next(model.parameters()).device
+
+
+def rows_per_pass(model, T: int, budget: int | None = None) -> int:
+    """How many rows of ``T`` tokens one no-grad forward pass scores, so its logits stay within
+    ``budget`` floats (default :data:`LOGITS_BUDGET`). Lesson 01."""
+    vocab = int(getattr(getattr(model, "config", None), "vocab_size", None) or 1)
+    return max(1, (budget or LOGITS_BUDGET) // max(1, T * vocab))
+
+
+def _token_logprobs(model, input_ids, attention_mask, response_mask, hidden):
     out = model(input_ids=input_ids, attention_mask=attention_mask,
                 position_ids=position_ids_from(attention_mask), output_hidden_states=hidden)
     logits = out.logits[:, :-1].float()
     logp = torch.gather(F.log_softmax(logits, dim=-1), 2, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
     if response_mask is not None:
         logp = logp * response_mask[:, 1:].to(logp.dtype)
+    return logp, (out.hidden_states[-1][:, :-1] if hidden else None)
+
+
+def token_logprobs(model, input_ids, attention_mask, response_mask=None, hidden: bool = False,
+                   batch_size: int | None = None):
+    """log pi(x_t | x_<t) for t = 1..T-1, shape (B, T-1), aligned with ``input_ids[:, 1:]``.
+
+    Positions outside ``response_mask[:, 1:]`` (if given) are set to 0. With ``hidden``, also
+    the last layer's hidden states at the predicting positions, shape (B, T-1, H) (PPO's value
+    head reads them).
+
+    The tensors may live anywhere: they go to the model's device for the forward pass, and the
+    results come back on the device of ``input_ids`` (CPU tensors from :func:`encode` give CPU
+    results, on a GPU too). Without gradients (under ``torch.no_grad()``) the rows go through the
+    model ``batch_size`` at a time (default :func:`rows_per_pass`: logits within
+    :data:`LOGITS_BUDGET`), so a large evaluation fits a small GPU; chunking moves a row's numbers
+    by float rounding at most (none at all at the tiny scale, where lessons' batches fit in one pass).
+    With gradients, one pass (``batch_size`` to chunk anyway). Lesson 01.
+    """
+    home, device = input_ids.device, model_device(model)
+    B, T = input_ids.shape[0], input_ids.shape[-1]
+    if batch_size is None and not torch.is_grad_enabled():
+        batch_size = rows_per_pass(model, T)
+    step = batch_size if batch_size and batch_size < B else B
+    parts = []
+    for s in range(0, max(B, 1), max(1, step)):
+        rows = slice(s, s + step)
+        parts.append(_token_logprobs(model, input_ids[rows].to(device), attention_mask[rows].to(device),
+                                     None if response_mask is None else response_mask[rows].to(device), hidden))
+    logp = parts[0][0] if len(parts) == 1 else torch.cat([p[0] for p in parts])
     if hidden:
-        return logp, out.hidden_states[-1][:, :-1]
-    return logp
+        h = parts[0][1] if len(parts) == 1 else torch.cat([p[1] for p in parts])
+        return logp.to(home), h.to(home)
+    return logp.to(home)
 
 
-def sequence_logprobs(model, input_ids, attention_mask, response_mask, average: bool = False) -> torch.Tensor:
+def sequence_logprobs(model, input_ids, attention_mask, response_mask, average: bool = False,
+                      batch_size: int | None = None) -> torch.Tensor:
     """Log-probability of each example's response tokens only, shape (B,). Lesson 01.
 
     summed:   log pi(y|x) = sum_{t in response} log pi(x_t | x_<t)
     averaged: the same divided by the number of response tokens (``average=True``).
+
+    As :func:`token_logprobs`: the inputs go to the model's device, the result comes back on the
+    device of ``input_ids``, and without gradients the rows are scored ``batch_size`` at a time.
     """
     check_masks(input_ids, attention_mask, response_mask)
-    logp = token_logprobs(model, input_ids, attention_mask, response_mask)
+    logp = token_logprobs(model, input_ids, attention_mask, response_mask, batch_size=batch_size)
     total = logp.sum(-1)
     if average:
         return total / response_mask[:, 1:].sum(-1).to(total.dtype)
