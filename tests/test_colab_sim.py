@@ -5,8 +5,9 @@ then a Colab-like set of preinstalled packages (ipywidgets 7.7.1, as Colab ships
 numpy, matplotlib and tqdm than the course's own venv), a stub ``google.colab`` that the kernel
 imports at start (as Colab's does) with a ``drive.mount`` stub, and ``/content`` redirected to a
 temporary folder (``PREFLAB_HOME``). The course is cloned from a bare clone of this repository's
-committed state (``PREFLAB_REPO_URL``), so the test needs no network for the clone; pip still
-reaches the package index for the build backend (setuptools), as it does on Colab.
+committed state (``PREFLAB_REPO_URL``; set PREFLAB_SIM_SOURCE to serve another clone), so the
+test needs no network for the clone; pip still reaches the package index for the build backend
+(setuptools), as it does on Colab.
 
 In one kernel the cell meets a clone URL that does not exist, then an offline pip, then works,
 then runs again as a no-op with Google Drive as the GPT-2 cache; each failure must print advice
@@ -35,11 +36,12 @@ from tools.colab import CONSTRAINTS_FILE, INSTALLED_MARKER, setup_cell_source
 
 ROOT = Path(__file__).resolve().parent.parent
 TORCH = "torch==2.13.0"  # the Makefile's TORCH_SPEC: a local CPU wheel here, no CUDA download
-#: What a Colab runtime has before the course arrives (ipywidgets 7.7.1 is what Colab renders;
-#: transformers 5.x: the course does not support Colab's 4.x yet). torch comes first, above.
-COLAB_PREINSTALLED = ["ipywidgets==7.7.1", "transformers==5.17.0", "numpy==2.0.2", "matplotlib==3.10.0",
-                      "tqdm==4.67.1", "ipykernel", "nbclient", "packaging"]
-WATCHED = ("torch", "numpy", "transformers", "ipywidgets")
+#: What a Colab runtime has before the course arrives: its versions (2025) of ipywidgets (7.7.1,
+#: what its front end renders), IPython and ipykernel, numpy, matplotlib and tqdm; transformers 5.x,
+#: as the course does not support Colab's 4.x yet. torch comes first, above.
+COLAB_PREINSTALLED = ["ipywidgets==7.7.1", "ipython==7.34.0", "ipykernel==6.17.1", "transformers==5.17.0",
+                      "numpy==2.0.2", "matplotlib==3.10.0", "tqdm==4.67.1", "nbclient", "packaging"]
+WATCHED = ("torch", "numpy", "transformers", "ipywidgets", "ipython")
 WHEELS = ROOT / "build" / "colab-sim" / "wheels"
 
 GOOGLE_COLAB = '''"""A stand-in for Colab's google.colab package (tests/test_colab_sim.py)."""
@@ -137,7 +139,8 @@ def colab(tmp_path_factory):
     (startup / "00-colab.py").write_text("import google.colab  # Colab's kernel has it loaded\n")
     content = base / "content"
     content.mkdir()
-    _run(["git", "clone", "-q", "--bare", str(ROOT), str(base / "preflab.git")])
+    # the committed state of this repository (or of PREFLAB_SIM_SOURCE, another clone: a branch to try)
+    _run(["git", "clone", "-q", "--bare", os.environ.get("PREFLAB_SIM_SOURCE", str(ROOT)), str(base / "preflab.git")])
     env.update(IPYTHONDIR=str(base / "ipython"), JUPYTER_CONFIG_DIR=str(base / "jupyter" / "config"),
                JUPYTER_DATA_DIR=str(base / "jupyter" / "data"), JUPYTER_RUNTIME_DIR=str(base / "jupyter" / "runtime"),
                PREFLAB_HOME=str(content / "preflab"), COLAB_SIM_LOG=str(base / "colab.log"), HOME=os.environ["HOME"])
@@ -174,7 +177,7 @@ def test_setup_cell_on_a_simulated_colab(colab, tmp_path):
     _code(nb, f'os.environ["PREFLAB_CACHE"] = {str(content / "drive" / "MyDrive" / "preflab-cache")!r}')
     again = _code(nb, setup)
     probe = _code(nb, textwrap.dedent('''
-        import json, shutil, preflab, torch, numpy, transformers, ipywidgets
+        import json, shutil, preflab, torch, numpy, transformers, ipywidgets, IPython
         from preflab.model import GPT2_SFT, TINY_DIR, load_policy
         from preflab.world import make_world
         # the Drive cache is where load_gpt2_sft looks: plant a (tiny) finetune there and load it
@@ -183,7 +186,8 @@ def test_setup_cell_on_a_simulated_colab(colab, tmp_path):
         model, _ = load_policy("gpt2", device="cpu")
         print(json.dumps({"preflab": preflab.__file__, "scale": os.environ["PREFLAB_SCALE"],
                           "n_embd": model.config.n_embd, "torch": torch.__version__, "numpy": numpy.__version__,
-                          "transformers": transformers.__version__, "ipywidgets": ipywidgets.__version__}))'''))
+                          "transformers": transformers.__version__, "ipywidgets": ipywidgets.__version__,
+                          "ipython": IPython.__version__}))'''))
     nb = _execute(py, env, nb, tmp_path / "setup.ipynb", content)
     cells = nb.cells
 
@@ -197,7 +201,7 @@ def test_setup_cell_on_a_simulated_colab(colab, tmp_path):
     text = _text(cells[bad_pip])
     assert _errors(cells[bad_pip]) == ["PreflabSetupError"], text
     assert "installing the course failed" in text and "run this cell again" in text, text
-    assert f"!pip install -q -e {home} -c {home / CONSTRAINTS_FILE}" in text, text
+    assert f"!pip install -e {home} -c {home / CONSTRAINTS_FILE}" in text, text
     assert "setuptools" in text and "\x1b[" not in text, "pip's own error line, without terminal colours:\n" + text
     assert "pyproject.toml" in _text(cells[bad_pip + 1]) and INSTALLED_MARKER not in _text(cells[bad_pip + 1])
     # 3. fixed: the rerun installs (without cloning again) and keeps Colab's packages

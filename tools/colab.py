@@ -66,16 +66,17 @@ if "google.colab" in sys.modules:
             def _render_traceback_(self):  # IPython shows this line instead of a traceback
                 return ["PreflabSetupError: " + str(self) + " (see the advice above)"]
 
-        def fail(what, output, check, by_hand):
+        def fail(what, output, check, by_hand, retry=True):
             print(f"preflab setup: {what}.")
             output = re.sub(r"\\x1b\\[[0-9;]*m", "", output or "")  # no terminal colours
             lines = [ln.strip() for ln in output.strip().splitlines() if ln.strip()]
-            errors = [ln for ln in lines if "ERROR" in ln or "error:" in ln or "fatal:" in ln]
-            for line in list(dict.fromkeys(errors))[-6:] or lines[-8:]:
+            errors = [ln for ln in lines if re.search(r"ERROR|error:|fatal:|depends on|requested", ln)]
+            for line in list(dict.fromkeys(errors))[-8:] or lines[-8:]:
                 print("    " + line)
-            print(f"What to do: {check}, then run this cell again (it retries only what failed).\\n"
-                  "If it fails again: Runtime > Restart session, run this cell again; or run by hand, in a new cell:\\n"
-                  "    " + by_hand)
+            if retry:
+                check += (", then run this cell again (it retries only what failed).\\nIf it fails again: "
+                          "Runtime > Restart session and run this cell again, or run by hand, in a new cell:")
+            print(f"What to do: {check}\\n    {by_hand}")
             raise PreflabSetupError(what)
 
         if os.path.isfile(marker):
@@ -117,17 +118,18 @@ if "google.colab" in sys.modules:
             with open(pins, "w") as f:
                 f.write("\\n".join(sorted(pinned.values())) + "\\n")
             print("preflab setup: installing the course (about a minute) ...")
-            install = [sys.executable, "-m", "pip", "install", "-q", "-e", home, "-c", pins]
+            install = [sys.executable, "-m", "pip", "install", "-e", home, "-c", pins]  # not -q: pip explains conflicts at info level
             r = subprocess.run(install, capture_output=True, text=True, env=dict(os.environ, PIP_NO_COLOR="1"))
             if r.returncode:
-                if "ResolutionImpossible" in r.stdout + r.stderr or "conflict" in (r.stdout + r.stderr).lower():
-                    fail("the course needs a package version that differs from the one this runtime has "
-                         "(pip names it above)", r.stdout + r.stderr,
-                         "please report it (with the lines above) to the course",
-                         f"!pip install -e {home}   (replaces that package; then Runtime > Restart session)")
+                if "ResolutionImpossible" in r.stdout + r.stderr:
+                    fail("the course asks for a version of a package that differs from the one this runtime "
+                         "has, and this cell does not replace Colab's packages", r.stdout + r.stderr,
+                         "please report the lines above to the course (its bug, not yours). To go on meanwhile, "
+                         "install it replacing that package, then Runtime > Restart session and run this cell "
+                         "again. In a new cell:", f"!pip install -e {home}", retry=False)
                 fail("installing the course failed", r.stdout + r.stderr,
                      "check that this runtime is online (pip downloads from pypi.org)",
-                     f"!pip install -q -e {home} -c {pins}")
+                     f"!pip install -e {home} -c {pins}")
             commit = subprocess.run(["git", "-C", home, "rev-parse", "--short", "HEAD"],
                                     capture_output=True, text=True).stdout.strip()
             with open(marker, "w") as f:
