@@ -1,8 +1,8 @@
 """The Colab setup cell (tools.colab.setup_cell_source) in a simulated Colab, on the CPU.
 
 A fresh virtual environment stands for a new Colab runtime: torch first (the pinned CPU wheel),
-then a Colab-like set of preinstalled packages (ipywidgets 7.7.1, as Colab ships it, and older
-numpy, matplotlib and tqdm than the course's own venv), a stub ``google.colab`` that the kernel
+then the versions Colab ships (ipywidgets 7.7.1, IPython 7.34, ipykernel 6.17, transformers 4.57,
+numpy 2.0, all older than the course's own venv), a stub ``google.colab`` that the kernel
 imports at start (as Colab's does) with a ``drive.mount`` stub, and ``/content`` redirected to a
 temporary folder (``PREFLAB_HOME``). The course is cloned from a bare clone of this repository's
 committed state (``PREFLAB_REPO_URL``; set PREFLAB_SIM_SOURCE to serve another clone), so the
@@ -37,9 +37,9 @@ from tools.colab import CONSTRAINTS_FILE, INSTALLED_MARKER, setup_cell_source
 ROOT = Path(__file__).resolve().parent.parent
 TORCH = "torch==2.13.0"  # the Makefile's TORCH_SPEC: a local CPU wheel here, no CUDA download
 #: What a Colab runtime has before the course arrives: its versions (2025) of ipywidgets (7.7.1,
-#: what its front end renders), IPython and ipykernel, numpy, matplotlib and tqdm; transformers 5.x,
-#: as the course does not support Colab's 4.x yet. torch comes first, above.
-COLAB_PREINSTALLED = ["ipywidgets==7.7.1", "ipython==7.34.0", "ipykernel==6.17.1", "transformers==5.17.0",
+#: what its front end renders), IPython and ipykernel, transformers 4.57, numpy, matplotlib and
+#: tqdm. torch comes first, above.
+COLAB_PREINSTALLED = ["ipywidgets==7.7.1", "ipython==7.34.0", "ipykernel==6.17.1", "transformers==4.57.6",
                       "numpy==2.0.2", "matplotlib==3.10.0", "tqdm==4.67.1", "nbclient", "packaging"]
 WATCHED = ("torch", "numpy", "transformers", "ipywidgets", "ipython")
 WHEELS = ROOT / "build" / "colab-sim" / "wheels"
