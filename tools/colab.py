@@ -165,7 +165,7 @@ if "google.colab" in sys.modules:
         else:
             if device == "cpu":
                 print("  No GPU attached: Runtime > Change runtime type > a GPU (T4), or %env PREFLAB_SCALE=tiny.")
-            print("  The first GPT-2 load finetunes it (about 2 minutes on a T4) and caches it in "
+            print("  The first GPT-2 load finetunes it (400 steps: 19 s on an H200, longer on a T4) and caches it in "
                   + (cache or "~/.cache/preflab, on this runtime only") + ".")
             if not cache:
                 print("  To keep it for the next notebooks: %env PREFLAB_CACHE=/content/drive/MyDrive/preflab-cache, "
