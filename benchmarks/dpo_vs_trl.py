@@ -264,7 +264,10 @@ QUICK = {"tiny": dict(pairs=8, epochs=2, batch_size=4, rounds=2, lr=5e-4),
 QUICK_GPT2 = dict(n_layer=2, n_head=2, n_embd=64, n_positions=256)  # --quick: the code path, 50257 vocab kept
 TARGET_CPU_RATIO = 3.0  # issue 17: preflab's default >= 3x TRL's pairs per CPU-second, tiny model
 DESIGN_RATIO = 2.0      # design.md: >= 2x TRL's pairs/s
-LOSS0_TOL = 1e-5
+#: Step-0 loss agreement. Policy and reference start equal, so both losses are log 2 up to float32
+#: rounding of log-probs computed in different batch shapes: measured 1.8e-7 (transformers 5.25,
+#: GPT-2 small's shape) up to 4.7e-5 (transformers 4.57.6, tiny model, where sdpa rounds otherwise).
+LOSS0_TOL = 1e-4
 
 
 def gpt2_small_shape(quick: bool = False, seed: int = 0):

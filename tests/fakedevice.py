@@ -173,6 +173,9 @@ class FakeCuda(TorchFunctionMode):
 
     def _to(self, func, args, kwargs):
         self_, rest, kwargs = args[0], list(args[1:]), dict(kwargs)
+        wanted = kwargs.get("device", rest[0] if rest and isinstance(rest[0], (str, torch.device)) else None)
+        if wanted is not None and str(wanted).startswith("meta"):
+            return func(*args, **kwargs)  # transformers 4.x builds models on the meta device first
         if rest and isinstance(rest[0], torch.Tensor):  # .to(other): other's device and dtype
             other = rest[0]
             out = func(self_, other.dtype, *rest[1:], **kwargs)
