@@ -175,3 +175,37 @@ def test_table_format():
                          claims=[{"status": "PASS", "name": "x", "detail": ""}])]
     table = format_table(rows)
     assert "00_a" in table and "12.3" in table and "457" in table and "1/1 claims" in table
+
+
+def test_the_runner_waits_for_replies_in_slices():
+    """A missed wake-up after a widget cell (jupyter/nbclient#312) cost whole 600 s timeouts: the
+    runner's client asks the shell channel for at most ``shell_timeout_interval`` at a time, and a
+    reply that a poll misses is picked up by the next one."""
+    import asyncio
+    from queue import Empty
+
+    import nbformat
+
+    from tools.course import _sliced_client_class
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("print(x + 1)")]
+    client = _sliced_client_class()(nb, timeout=600, kernel_name="python3")
+    asked = []
+
+    with client.setup_kernel():
+        channel = client.kc.shell_channel
+        real = channel.get_msg
+
+        async def missing_once(timeout=None):
+            asked.append(timeout)
+            if len(asked) == 1:       # the first poll misses the reply that is already there
+                await asyncio.sleep(0.2)
+                raise Empty
+            return await real(timeout=timeout)
+
+        channel.get_msg = missing_once
+        for i, cell in enumerate(nb.cells):
+            client.execute_cell(cell, i)
+    assert nb.cells[1].outputs[0]["text"] == "2\n"
+    assert asked and max(asked) <= client.shell_timeout_interval, asked

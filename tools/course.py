@@ -302,6 +302,56 @@ def _error_summary(exc: BaseException) -> str:
     return (tail[-1] if tail else type(exc).__name__)[:500]
 
 
+def _sliced_client_class():
+    """nbclient's NotebookClient, waiting for each cell's reply in slices of
+    ``shell_timeout_interval`` (5 s) up to the cell's deadline instead of in one poll as long as the
+    whole timeout. After a cell that shows a widget (``interact``) the wake-up for the reply is
+    sometimes missed (jupyter/nbclient#312), and the single poll then hands the reply over only when
+    the timeout expires: lesson 03 lost exactly 600 s that way in a clean-clone CI, lesson 07 twice
+    before. A missed wake-up now costs one slice. Everything else is nbclient's own."""
+    import asyncio
+    from queue import Empty
+
+    from nbclient import NotebookClient
+    from nbclient.client import timestamp
+    from nbclient.exceptions import CellTimeoutError
+    from nbclient.util import ensure_async
+
+    class SlicedClient(NotebookClient):
+        async def _async_poll_for_reply(self, msg_id, cell, timeout, task_poll_output_msg, task_poll_kernel_alive):
+            deadline = None if timeout is None else time.monotonic() + timeout
+            timed_out_reply = None
+            while True:
+                if timed_out_reply is not None:
+                    msg = timed_out_reply
+                    msg["parent_header"] = {"msg_id": msg_id}
+                else:
+                    try:
+                        msg = await ensure_async(self.kc.shell_channel.get_msg(timeout=self.shell_timeout_interval))
+                    except Empty:
+                        if deadline is not None and time.monotonic() >= deadline:
+                            task_poll_kernel_alive.cancel()
+                            await self._async_check_alive()
+                            timed_out_reply = await self._async_handle_timeout(timeout, cell)
+                        continue
+                if msg["parent_header"].get("msg_id") != msg_id:
+                    continue
+                if self.record_timing:
+                    cell["metadata"]["execution"]["shell.execute_reply"] = timestamp(msg)
+                try:
+                    await asyncio.wait_for(task_poll_output_msg, self.iopub_timeout)
+                except (asyncio.TimeoutError, Empty):
+                    if self.raise_on_iopub_timeout:
+                        task_poll_kernel_alive.cancel()
+                        raise CellTimeoutError.error_from_timeout_and_cell(
+                            "Timeout waiting for IOPub output", self.iopub_timeout, cell) from None
+                    self.log.warning("Timeout waiting for IOPub output")
+                task_poll_kernel_alive.cancel()
+                return msg
+
+    return SlicedClient
+
+
 def run_lesson(path: Path, out: Path, timeout: int = DEFAULT_TIMEOUT, seed: str | None = None,
                audit: bool = False) -> LessonResult:
     """Execute one lesson notebook in a fresh kernel; write its executed notebook, HTML and figures.
@@ -309,7 +359,6 @@ def run_lesson(path: Path, out: Path, timeout: int = DEFAULT_TIMEOUT, seed: str 
     With ``audit``, every figure is checked as it renders (both axes named) and needs a caption;
     what is wrong lands in ``figure_problems``. The course's tests run lessons this way."""
     import nbformat
-    from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     path = Path(path)
@@ -330,7 +379,7 @@ def run_lesson(path: Path, out: Path, timeout: int = DEFAULT_TIMEOUT, seed: str 
     env["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
 
     monitor = PeakMemory()
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=False,
+    client = _sliced_client_class()(nb, timeout=timeout, kernel_name="python3", allow_errors=False,
                             resources={"metadata": {"path": str(path.parent.resolve())}})
 
     def on_start(notebook=None, **_):
