@@ -130,6 +130,7 @@ def classify(found, ids: list[str], roster: dict[str, str] | None) -> tuple[list
     rows: list[dict] = []
     groups: dict[tuple[str, str], list[tuple[Found, bytes | None, str]]] = {}
     casefold: dict[str, set[str]] = {}
+    every_id = rel.exercise_ids(extras=True)  # the optional extras too, to say why one is not graded
     for f in found.unknown:
         rows.append(dict(student="(unknown)", exercise=f"unrecognized:{f.name}", file=f.origin,
                          reason=f"top-level file '{f.name}' names no student: use <student>/<notebook>.ipynb "
@@ -157,7 +158,7 @@ def classify(found, ids: list[str], roster: dict[str, str] | None) -> tuple[list
             cand = [i for i in ids if other and i.startswith(f"ex{other}_")]
             if cand:
                 aid, note = cand[0], f"file named '{f.name}' was recognized as {cand[0]} by its cells"
-        extra = exercise_from_name(f.name, rel.exercise_ids(extras=True)) if aid is None else None
+        extra = exercise_from_name(f.name, every_id) if aid is None else None
         if extra is not None and extra not in ids:
             rows.append(dict(student=sid, exercise=f"unrecognized:{f.name}", file=f.origin,
                              reason=f"'{f.name}' is the optional exercise {extra}: it is graded only when the "
