@@ -44,6 +44,11 @@ from .sandbox import SandboxKernelManager, SandboxSpec, Watchdog
 CHECKER = str(Path(__file__).with_name("checker.py"))
 #: The most output one student cell may leave in the graded notebook.
 MAX_CELL_OUTPUT = 2 * 1024 * 1024
+#: The least time a locked cell that is not a test (the course's imports and model loads) gets in the
+#: kernel, whatever ``--timeout`` says: it is the course's code, not the student's, and on a busy
+#: machine loading the tiny GPT-2 has taken more than ten times its idle 3 s. A cell's own
+#: ``metadata.preflab.timeout`` raises it further; the notebook's time limit still bounds the total.
+SETUP_TIMEOUT = 120.0
 
 
 @dataclass
@@ -130,6 +135,16 @@ class GradedExecute(Execute):
         self.dead = ""
         self._out_bytes: dict[int, int] = {}
         self._kernel_lock = asyncio.Lock()
+        self.timeout_func = self.timeout_for
+
+    def timeout_for(self, cell) -> float:
+        """Seconds a cell may run in the kernel: ``--timeout`` for the student's cells, at least
+        :data:`SETUP_TIMEOUT` for the course's locked cells (their source comes from the release)."""
+        gid = (cell.metadata.get("nbgrader") or {}).get("grade_id")
+        src = self.job.source.get(gid) if gid else None
+        if src is not None and src.locked and not src.is_test:
+            return max(float(self.job.cell_timeout), float(src.timeout or SETUP_TIMEOUT))
+        return float(self.job.cell_timeout)
 
     # ---------------------------------------------------------------- kernel and checker
     def create_kernel_manager(self):
@@ -287,12 +302,12 @@ class GradedExecute(Execute):
                             gid or f"cell {cell_index}")
             cell.outputs.append(new_output("error", ename="DeadKernelError", evalue=self.dead, traceback=[]))
         except CellTimeoutError:
-            self._mark_dead(f"{gid or f'cell {cell_index}'} ran past {self.timeout} s and ignored the interrupt",
+            self._mark_dead(f"{gid or f'cell {cell_index}'} ran past {self.timeout_for(cell):g} s and ignored the interrupt",
                             gid or f"cell {cell_index}")
             cell.outputs.append(new_output("error", ename="CellTimeoutError", evalue=self.dead, traceback=[]))
         else:
             if any(o.get("output_type") == "error" and o.get("ename") == "CellTimeoutError" for o in cell.outputs):
-                self._event("timeout", gid or f"cell {cell_index}", f"ran past {self.timeout} s and was interrupted")
+                self._event("timeout", gid or f"cell {cell_index}", f"ran past {self.timeout_for(cell):g} s and was interrupted")
             if self.watchdog is not None and self.watchdog.reason:
                 self._mark_dead(self.watchdog.reason, gid or f"cell {cell_index}")
         self._limit_output(cell)

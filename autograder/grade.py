@@ -266,7 +266,8 @@ def _parse(argv):
     ap.add_argument("submissions", type=Path, nargs="?")
     ap.add_argument("--out", type=Path, default=Path("build/grades"))
     ap.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 4))
-    ap.add_argument("--timeout", type=int, default=30, help="seconds per cell and per test call (default 30)")
+    ap.add_argument("--timeout", type=int, default=30, help="seconds per student cell and per test call (default 30); the course's "
+                    "locked setup cells get at least 120")
     ap.add_argument("--notebook-timeout", type=int, default=180, help="seconds per submission (default 180)")
     ap.add_argument("--exercises", default="", help="comma-separated exercise ids or 'all' (default: those seen)")
     ap.add_argument("--extras", action="store_true", help="grade the optional extra exercises (extra_*) too")

@@ -159,7 +159,7 @@ def _result(job: Job, ej: ExecJob, grades: dict, comments: dict, graded_text: st
         reasons.append(f"{dead['detail']}; later cells did not run, the score counts the tests that passed")
     elif timeouts:
         status = "timeout"
-        reasons.append(f"cell '{timeouts[0]['cell']}' ran past {job.cell_timeout:g} s and was interrupted; "
+        reasons.append(f"cell '{timeouts[0]['cell']}' {timeouts[0]['detail']}; "
                        "the score counts the tests that still ran")
     elif raised:
         status = "error"

@@ -334,6 +334,11 @@ def test_formgrader_manual_grade_lands_in_grades_csv(page, tmp_path_factory):
             page.wait_for_url(re.compile(rf".*/formgrader/submissions/{sub_id}/?.*"), timeout=60_000)
             box = page.locator(f"input.score#{wid}")
             box.wait_for(timeout=60_000)
+            # The box is in the served HTML; its save-on-change handler is bound only once the
+            # page's script has fetched the grades (and that fetch re-renders the box): a score
+            # typed before then is silently dropped, as it was once on a loaded CI machine.
+            page.wait_for_function("() => window.formgrader && formgrader.grades && formgrader.grades.loaded",
+                                   timeout=60_000)
         with step(page, lab, "formgrader_grade"):
             box.scroll_into_view_if_needed()
             box.fill(f"{wmax:g}")
