@@ -109,11 +109,9 @@ def bwrap_version() -> str:
 
 def readonly_paths() -> list[str]:
     """The allow-list: the interpreter, the environment, the library and its data, /usr."""
-    import preflab
-    from preflab.model import TINY_DIR
+    import preflab  # light: the data folder is found without importing torch (preflab.model)
 
-    paths = [sys.base_prefix, sys.prefix, str(Path(preflab.__file__).resolve().parent),
-             str(Path(TINY_DIR).resolve().parent), "/usr"]
+    paths = [sys.base_prefix, sys.prefix, str(Path(preflab.__file__).resolve().parent), str(preflab.data_dir()), "/usr"]
     exe = Path(sys.executable)
     paths.append(str(exe.resolve().parent.parent))
     out: list[str] = []

@@ -29,7 +29,6 @@ import platform
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
@@ -39,21 +38,11 @@ from preflab.sequences import (Batch, check_masks, encode, hidden_size, max_cont
                                position_ids_from, response_lengths, right_pad, sequence_logprobs, take_rows,
                                token_logprobs, trim_padding)
 from preflab.sft import SFTConfig, train_sft
+from preflab import SCALES, current_scale, data_dir  # noqa: F401 (current_scale: part of this module's API)
 import preflab.world as world_module  # RUBRIC is read at call time: Rubric.active() swaps it
 from preflab.world import PROMPT_TEMPLATE, make_world
 
-def _find_data_dir() -> Path:
-    """The folder that holds ``tiny/``: the package data ``preflab._data`` (site-packages/preflab/_data
-    in a wheel; the repository's data/ folder in an editable install, mapped by pyproject.toml), else the
-    data/ folder beside the package (a checkout on sys.path that was never installed, as in Colab's
-    setup cell or ``PYTHONPATH=.``)."""
-    try:
-        return Path(str(resources.files("preflab._data"))).resolve()
-    except ModuleNotFoundError:
-        return Path(__file__).resolve().parent.parent / "data"
-
-
-DATA_DIR = _find_data_dir()
+DATA_DIR = data_dir()
 TINY_DIR = DATA_DIR / "tiny"
 
 
@@ -96,20 +85,10 @@ def _gpt2_load_error(name: str, e: Exception) -> FileNotFoundError:
                              f"Hugging Face hub (or a local directory via path= or PREFLAB_GPT2_PATH). "
                              f"Offline, use scale='tiny'. ({e.__class__.__name__})")
 
-SCALES = ("tiny", "gpt2")
 STAGES = ("base", "sft")
 
 
 # ----------------------------------------------------------------------------- loading
-def current_scale(scale: str | None = None) -> str:
-    """The scale in force: ``scale``, else $PREFLAB_SCALE, else "tiny". Lesson 00."""
-    scale = scale or os.environ.get("PREFLAB_SCALE", "tiny")
-    if scale not in SCALES:
-        raise ValueError(f"unknown scale {scale!r}: choose one of {SCALES} "
-                         f"(set by the scale argument or the PREFLAB_SCALE environment variable)")
-    return scale
-
-
 def load_tokenizer(path: str | Path | None = None):
     """The tokenizer of the tiny models (or of the checkpoint at ``path``). Lesson 00."""
     from transformers import AutoTokenizer

@@ -96,8 +96,9 @@ def test_course_json(full):
         assert 0 < item["runtime_s"] < 120
         assert 20 < item["peak_mb"] < 4000  # a python kernel with matplotlib: tens to hundreds of MB
     assert [c["status"] for c in a["claims"]] == ["PASS", "PASS"]
-    assert a["claims"][0] == {"status": "PASS", "name": "the seed reaches the kernel", "detail": "PREFLAB_SEED=7"}
-    assert b["claims"] == [{"status": "FAIL", "name": "accuracy above one half", "detail": "accuracy 0.41"}]
+    assert a["claims"][0] == {"status": "PASS", "name": "the seed reaches the kernel", "detail": "PREFLAB_SEED=7",
+                            "asserted": True}
+    assert b["claims"] == [{"status": "FAIL", "name": "accuracy above one half", "detail": "accuracy 0.41", "asserted": True}]
     assert a["title"] == "01 · A lesson that holds"
     # the kernel ran in the lessons folder
     assert (root / "lessons" / "written_by_kernel.txt").exists()
@@ -209,3 +210,22 @@ def test_the_runner_waits_for_replies_in_slices():
             client.execute_cell(cell, i)
     assert nb.cells[1].outputs[0]["text"] == "2\n"
     assert asked and max(asked) <= client.shell_timeout_interval, asked
+
+
+def test_claims_are_asserted_at_tiny_and_only_reported_at_gpt2(monkeypatch, capsys):
+    """Every check-cell threshold was measured on the tiny model: at GPT-2 scale a claim prints
+    its numbers, marked as reported, and a failure does not stop the notebook or fail the lesson."""
+    from preflab.claims import ClaimFailed, check, parse_claims
+
+    monkeypatch.delenv("PREFLAB_SCALE", raising=False)
+    with pytest.raises(ClaimFailed):
+        check("accuracy above one half", False, "accuracy 0.41")
+    monkeypatch.setenv("PREFLAB_SCALE", "gpt2")
+    assert check("accuracy above one half", False, "accuracy 0.41") is False       # no raise
+    assert check("two plus two", True, "measured 4") is True
+    with pytest.raises(ClaimFailed):                                                  # a claim measured there
+        check("asserted at gpt2 too", False, "x", scales=("tiny", "gpt2"))
+    got = parse_claims(capsys.readouterr().out)
+    assert [(c["status"], c["asserted"]) for c in got] == [("FAIL", True), ("FAIL", False), ("PASS", False),
+                                                            ("FAIL", True)]
+    assert "[reported at gpt2, not asserted: its threshold was measured at tiny only]" in got[1]["detail"]
