@@ -8,7 +8,10 @@
   taken from solutions/ (the instructor's copy, hidden tests included), runs in a grader-side
   process (:mod:`autograder.checker`) that calls the student's functions in the kernel with
   plain data; the cell's output becomes the checks' report and its score, which nbgrader reads
-  as partial credit (a number as the cell's result);
+  as partial credit (a number as the cell's result); a test cell's calls share one execute
+  request in the kernel (``preflab.wire.serve_session``), each call a request frame and a result
+  frame on a unix socket in the sandbox's socket folder (an execute request per call costs about
+  4 ms of Jupyter messaging, which was most of the cost of grading an exercise of many small calls);
 * a locked cell that is not a test (imports, a model load) runs in the kernel and in the
   checker, so both sides have the names it defines.
 
@@ -20,10 +23,13 @@ at once), and the score counts what passed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import queue
 import secrets
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -36,7 +42,7 @@ from nbformat.v4 import new_output
 from nbgrader.preprocessors import Execute
 from traitlets import Any as TAny
 
-from preflab.wire import RESULT_MIME
+from preflab.wire import MAX_BYTES, RESULT_MIME
 
 from .checker import recv, send
 from .sandbox import SandboxKernelManager, SandboxSpec, Watchdog
@@ -254,6 +260,164 @@ class GradedExecute(Execute):
                                                "preflab.wire or print over the grader's channel?)"}
         return {"op": "result", "text": text}
 
+    # ---------------------------------------------------------------- a test cell's calls, over one socket
+    async def _open_session(self) -> dict:
+        """Start ``preflab.wire.serve_session`` in the kernel (one execute request for the whole
+        test cell) and accept its connection on a fresh unix socket in the sandbox's socket folder."""
+        await self._kernel_lock.acquire()  # released by _close_session
+        try:
+            return await self._start_session()
+        except BaseException:
+            self._kernel_lock.release()
+            raise
+
+    async def _start_session(self) -> dict:
+        loop = asyncio.get_running_loop()
+        path = os.path.join(self.job.sandbox.sock_dir, f"serve-{secrets.token_hex(8)}.sock")
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        session = {"conn": None, "msg_id": None, "broken": ""}
+        try:
+            srv.bind(path)
+            os.chmod(path, 0o777)  # the kernel's uid connects (a throwaway uid when the grader is root)
+            srv.listen(1)
+            srv.setblocking(False)
+            session["msg_id"] = self.kc.execute(
+                f"__import__('preflab.wire', fromlist=['serve_session']).serve_session({path!r})",
+                silent=False, store_history=False, allow_stdin=False, stop_on_error=False)
+            accept = asyncio.ensure_future(loop.sock_accept(srv))
+            deadline = time.monotonic() + 30
+            while not accept.done():
+                await asyncio.wait({accept}, timeout=0.5)
+                if accept.done():
+                    break
+                if self.dead or not await self.kc.is_alive() or time.monotonic() > deadline:
+                    accept.cancel()
+                    session["broken"] = "the notebook did not open the grader's channel (did it replace preflab.wire?)"
+                    return session
+            conn, _ = accept.result()
+            conn.setblocking(False)
+            session["conn"] = conn
+        except OSError as e:
+            session["broken"] = f"the grader's channel to the notebook failed: {e}"
+        finally:
+            srv.close()
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        return session
+
+    async def _read_frame(self, conn) -> str | None:
+        loop = asyncio.get_running_loop()
+
+        async def exact(n: int) -> bytes | None:
+            buf = bytearray()
+            while len(buf) < n:
+                chunk = await loop.sock_recv(conn, min(n - len(buf), 1 << 20))
+                if not chunk:
+                    return None
+                buf += chunk
+            return bytes(buf)
+
+        head = await exact(4)
+        if head is None:
+            return None
+        (size,) = struct.unpack(">I", head)
+        if size > MAX_BYTES + 1024:
+            raise ValueError(f"a result of {size >> 20} MiB (the limit is {MAX_BYTES >> 20} MiB)")
+        body = await exact(size)
+        return None if body is None else body.decode("utf-8", errors="replace")
+
+    async def _drain_iopub(self) -> None:
+        """Discard what the kernel printed meanwhile (a call's output is not the student's to show)."""
+        for _ in range(10_000):
+            try:
+                await self.kc.get_iopub_msg(timeout=0)
+            except (queue.Empty, asyncio.TimeoutError):
+                return
+
+    async def _session_call(self, session: dict, path: str, timeout: float) -> dict:
+        """One call of the test cell: the request's path out, the result's text back, within ``timeout``
+        (then an interrupt, and 5 s more before the kernel is stopped)."""
+        if self.dead:
+            return {"op": "result", "failure": f"not run: {self.dead}"}
+        if session["broken"]:
+            return {"op": "result", "failure": session["broken"]}
+        loop = asyncio.get_running_loop()
+        conn = session["conn"]
+        data = path.encode()
+        try:
+            await loop.sock_sendall(conn, struct.pack(">I", len(data)) + data)
+        except OSError:
+            session["broken"] = "the notebook closed the grader's channel"
+            return {"op": "result", "failure": session["broken"]}
+        reading = asyncio.ensure_future(self._read_frame(conn))
+        deadline, interrupted = time.monotonic() + timeout, False
+        while not reading.done():
+            await asyncio.wait({reading}, timeout=min(0.5, max(0.0, deadline - time.monotonic())))
+            if reading.done():
+                break
+            await self._drain_iopub()
+            if not await self.kc.is_alive() or (self.watchdog is not None and self.watchdog.reason):
+                reading.cancel()
+                self._mark_dead("the kernel died during a call", "test")
+                return {"op": "result", "failure": f"the kernel died while the grader called the function ({self.dead})"}
+            if time.monotonic() >= deadline:
+                if interrupted:
+                    reading.cancel()
+                    self._mark_dead(f"a call ran past {timeout:g} s and ignored the interrupt", "test")
+                    return {"op": "result", "failure": f"the call ran past {timeout:g} s and ignored the interrupt: "
+                                                       "the kernel was stopped"}
+                interrupted = True
+                await self.km.interrupt_kernel()
+                deadline = time.monotonic() + 5
+        try:
+            text = reading.result()
+        except (OSError, ValueError) as e:
+            text, session["broken"] = None, f"the notebook's answer could not be read: {e}"
+        if text is None:
+            session["broken"] = session["broken"] or "the notebook closed the grader's channel"
+            return {"op": "result", "failure": session["broken"]}
+        if interrupted:
+            return {"op": "result", "failure": f"the call ran past {timeout:g} s and was interrupted"}
+        return {"op": "result", "text": text}
+
+    async def _close_session(self, session: dict) -> None:
+        """End the session's execute request and wait for the kernel to be idle again."""
+        try:
+            conn = session["conn"]
+            if conn is not None:
+                with contextlib.suppress(OSError):
+                    await asyncio.wait_for(asyncio.get_running_loop().sock_sendall(conn, struct.pack(">I", 0)), 5)
+                conn.close()
+            msg_id = session["msg_id"]
+            if msg_id is None or self.dead:
+                return
+            deadline, interrupted = time.monotonic() + 10, False
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    if interrupted:
+                        self._mark_dead("the kernel did not finish the grader's calls", "test")
+                        return
+                    interrupted = True
+                    await self.km.interrupt_kernel()
+                    deadline = time.monotonic() + 5
+                    continue
+                try:
+                    msg = await self.kc.get_iopub_msg(timeout=min(1.0, remaining))
+                except (queue.Empty, asyncio.TimeoutError):
+                    if not await self.kc.is_alive() or (self.watchdog is not None and self.watchdog.reason):
+                        self._mark_dead("the kernel died during a call", "test")
+                        return
+                    continue
+                if (msg.get("parent_header", {}).get("msg_id") == msg_id and msg.get("msg_type") == "status"
+                        and msg.get("content", {}).get("execution_state") == "idle"):
+                    break
+            with contextlib.suppress(queue.Empty, asyncio.TimeoutError):
+                while (await self.kc.get_shell_msg(timeout=5)).get("parent_header", {}).get("msg_id") != msg_id:
+                    pass
+        finally:
+            self._kernel_lock.release()
+
     async def run_checker(self, cell: SourceCell, kind: str) -> dict:
         """Send one cell to the checker, serve its calls, return its report."""
         loop = asyncio.get_running_loop()
@@ -261,15 +425,26 @@ class GradedExecute(Execute):
         try:
             send(self.checker.stdin, {"op": "cell", "kind": kind, "grade_id": cell.grade_id, "source": cell.source,
                                       "points": cell.points, "timeout": timeout})
-            while True:
-                msg = await loop.run_in_executor(None, recv, self.checker.stdout)
-                if msg is None:
-                    raise RuntimeError("the checker stopped")
-                if msg.get("op") == "call":
-                    reply = await self.kernel_call(str(msg["path"]), float(msg.get("timeout") or timeout))
-                    send(self.checker.stdin, reply)
-                elif msg.get("op") == "done":
-                    return msg
+            session = None  # a test cell's calls share one execute request (see _open_session)
+            try:
+                while True:
+                    msg = await loop.run_in_executor(None, recv, self.checker.stdout)
+                    if msg is None:
+                        raise RuntimeError("the checker stopped")
+                    if msg.get("op") == "call":
+                        call_timeout = float(msg.get("timeout") or timeout)
+                        if kind != "test":  # a setup cell runs in the kernel meanwhile: one request per call
+                            reply = await self.kernel_call(str(msg["path"]), call_timeout)
+                        else:
+                            if session is None:
+                                session = await self._open_session()
+                            reply = await self._session_call(session, str(msg["path"]), call_timeout)
+                        send(self.checker.stdin, reply)
+                    elif msg.get("op") == "done":
+                        return msg
+            finally:
+                if session is not None:
+                    await self._close_session(session)
         except Exception as e:  # noqa: BLE001 - a broken checker is the grader's fault: say so
             self.log.error("checker failed on %s: %s", cell.grade_id, e)
             return {"results": [], "errors": [dict(kind="grader", message=f"grader error: {type(e).__name__}: {e}",

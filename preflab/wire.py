@@ -399,17 +399,15 @@ def _user_namespace() -> dict:
     return vars(__main__)
 
 
-def serve(request_path: str, nonce: str) -> None:
-    """Kernel side of one grader call: read the request, call the student's function, publish
-    the result as a display message of type :data:`RESULT_MIME` tagged with ``nonce``.
+def answer(request_path: str) -> str:
+    """Kernel side of one grader call, as text: read the request, call the student's function,
+    encode the result (or what went wrong) for the grader.
 
     Request: ``{"fn": name, "mode": "call"|"get", "args": [...], "kwargs": {...},
     "grad_wrt": [...], "return_inputs": bool}``.
 
     The grader's boundary (course infrastructure, not taught in a lesson).
     """
-    from IPython.display import publish_display_data
-
     try:
         with open(request_path, "rb") as fh:
             req = loads(fh.read())
@@ -436,4 +434,63 @@ def serve(request_path: str, nonce: str) -> None:
     except BaseException as e:  # noqa: BLE001
         text = dumps({"ok": False, "error": {"type": type(e).__name__, "base": "Exception",
                                              "message": f"the grader's call failed in the kernel: {str(e)[:200]}"}})
-    publish_display_data({RESULT_MIME: text}, metadata={"nonce": nonce})
+    return text
+
+
+def serve(request_path: str, nonce: str) -> None:
+    """Kernel side of one grader call by execute request: :func:`answer`, published as a display
+    message of type :data:`RESULT_MIME` tagged with ``nonce``. The grader's boundary."""
+    from IPython.display import publish_display_data
+
+    publish_display_data({RESULT_MIME: answer(request_path)}, metadata={"nonce": nonce})
+
+
+def _recv_exact(sock, n: int) -> bytes | None:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(min(n - len(buf), 1 << 20))
+        if not chunk:
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
+def serve_session(sock_path: str) -> None:
+    """Kernel side of one test cell's calls, in one execute request: connect to the grader's unix
+    socket at ``sock_path`` and answer each request frame (4-byte big-endian length, then the
+    request file's path) with a result frame (length, then :func:`answer`'s text) until an empty
+    frame or the end of the connection. One execute request per call costs about 4 ms of Jupyter
+    messaging; a frame on a socket, a few microseconds.
+
+    An interrupt (the grader's timeout) inside the student's function becomes that call's result
+    (:func:`call_local` reports it); one that lands between calls is ignored. SIGINT is held back
+    while a result is being sent, so a frame is never cut in half. The grader's boundary.
+    """
+    import signal
+    import socket
+    import struct
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(sock_path)
+    try:
+        while True:
+            try:
+                head = _recv_exact(sock, 4)
+                if head is None:
+                    return
+                (size,) = struct.unpack(">I", head)
+                if size == 0:
+                    return
+                path = _recv_exact(sock, size)
+                if path is None:
+                    return
+                data = answer(path.decode()).encode()
+                old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+                try:
+                    sock.sendall(struct.pack(">I", len(data)) + data)
+                finally:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, old)
+            except KeyboardInterrupt:
+                continue
+    finally:
+        sock.close()

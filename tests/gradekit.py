@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import fcntl
 import hashlib
 import json
 import os
@@ -12,6 +13,8 @@ import pwd
 import shutil
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -127,30 +130,41 @@ def plain_user() -> dict | None:
         pw = pwd.getpwnam(PLAIN_USER)
     home = Path(pw.pw_dir)
     repo = home / "course"
-    if repo.exists():
-        shutil.rmtree(repo)
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True,
-                           check=True).stdout.split("\n")
-    for f in filter(None, files):
-        src = REPO / f
-        if src.is_file() and not src.is_symlink():
-            (repo / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, repo / f)
-    venv = Path("/var/tmp") / f"preflab-user-venv-{_venv_key()}"
-    if not (venv / ".ready").exists():
-        shutil.rmtree(venv, ignore_errors=True)
-        subprocess.run(["/usr/bin/python3", "-m", "venv", str(venv)], check=True, capture_output=True)
-        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-        subprocess.run(pip + ["torch==2.13.0"], check=True, capture_output=True, timeout=1200)
-        subprocess.run(pip + ["-e", f"{repo}[lab]"], check=True, capture_output=True, timeout=1200)
-        (venv / ".ready").write_text("ok")
-    else:  # the editable install points at the user's copy: re-link it (same path every run)
-        subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                        "--disable-pip-version-check", "-e", str(repo)], check=True, capture_output=True, timeout=600)
-    work = home / "work"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
-    subprocess.run(["chown", "-R", f"{pw.pw_uid}:{pw.pw_gid}", str(home)], check=True)
+    # Two pytest-xdist workers can each ask for the account at once (worksteal splits a module's
+    # tests): one lock around the setup, the copy redone only when the course changed (never while
+    # the other worker grades from it), and a work folder of each caller's own.
+    with open("/var/tmp/preflab-user.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        files = [f for f in subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
+                                           capture_output=True, text=True, check=True).stdout.split("\n")
+                 if f and (REPO / f).is_file() and not (REPO / f).is_symlink()]
+        key = hashlib.sha256("\n".join(f"{f} {(REPO / f).stat().st_size} {(REPO / f).stat().st_mtime_ns}"
+                                       for f in files).encode()).hexdigest()
+        stamp = home / ".course-key"
+        fresh = not (repo.exists() and stamp.exists() and stamp.read_text() == key)
+        if fresh:
+            shutil.rmtree(repo, ignore_errors=True)
+            for f in files:
+                (repo / f).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(REPO / f, repo / f)
+        venv = Path("/var/tmp") / f"preflab-user-venv-{_venv_key()}"
+        if not (venv / ".ready").exists():
+            shutil.rmtree(venv, ignore_errors=True)
+            subprocess.run(["/usr/bin/python3", "-m", "venv", str(venv)], check=True, capture_output=True)
+            pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+            subprocess.run(pip + ["torch==2.13.0"], check=True, capture_output=True, timeout=1200)
+            subprocess.run(pip + ["-e", f"{repo}[lab]"], check=True, capture_output=True, timeout=1200)
+            (venv / ".ready").write_text("ok")
+        elif fresh:  # the editable install points at the user's copy: re-link it (same path every run)
+            subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps",
+                            "--no-build-isolation", "--disable-pip-version-check", "-e", str(repo)],
+                           check=True, capture_output=True, timeout=600)
+        stamp.write_text(key)
+        for old in [home / "work", *home.glob("work-*")]:  # left by earlier runs (a run takes under 2 h)
+            if old.is_dir() and time.time() - old.stat().st_mtime > 7200:
+                shutil.rmtree(old, ignore_errors=True)
+        work = Path(tempfile.mkdtemp(prefix="work-", dir=home))
+        subprocess.run(["chown", "-R", f"{pw.pw_uid}:{pw.pw_gid}", str(home)], check=True)
     return dict(uid=pw.pw_uid, gid=pw.pw_gid, home=str(home), repo=str(repo), python=str(venv / "bin" / "python"),
                 work=work)
 

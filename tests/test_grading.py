@@ -195,6 +195,10 @@ HALF = SOLUTION_RULE.replace("def pairwise_loss(r_chosen, r_rejected):\n",
                              "def pairwise_loss(r_chosen, r_rejected):\n    r_chosen = np.asarray(r_chosen, dtype=float)\n"
                              "    if r_chosen.size > 8:\n        return np.zeros(r_chosen.size)\n", 1)
 
+SLOW_ONCE = SOLUTION_RULE.replace("def pairwise_loss(r_chosen, r_rejected):\n",
+                                  "def pairwise_loss(r_chosen, r_rejected):\n    import time\n    global _slept\n"
+                                  "    if np.asarray(r_chosen).size > 8 and not globals().get('_slept'):\n"
+                                  "        _slept = True\n        time.sleep(60)\n", 1)
 
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory):
@@ -229,6 +233,7 @@ def batch(tmp_path_factory):
     write(subs / "nina" / f"Copy of {EX1} (1).ipynb", sol1)              # Colab's "Save a copy"
     write(subs / "olga" / f"{EX1}.ipynb", with_answer(sol1, "ex01_rule", WARNS))   # right, but warns
     write(subs / "paul" / f"{EX1}.ipynb", with_answer(sol1, "ex01_rule", HALF))    # right on small inputs only
+    write(subs / "rosa" / f"{EX1}.ipynb", with_answer(sol1, "ex01_rule", SLOW_ONCE))  # one call runs past the limit
     write(subs / "Jane Doe" / f"{EX1}.ipynb", sol1)
     write(subs / "Jane_Doe" / f"{EX1}.ipynb", rel1)
     write(subs / unicodedata.normalize("NFD", "José") / f"{EX1}.ipynb", sol1)
@@ -327,6 +332,17 @@ def test_a_warning_costs_no_points_and_is_named(batch):
     assert float(r["auto_score"]) == _auto_max(EX1), r
     page = (batch["out"] / "feedback" / "olga" / f"{EX1}.html").read_text()
     assert "a deprecation I cannot fix" in page and "no points lost" in page
+
+
+@pytest.mark.slow
+def test_a_call_past_its_limit_costs_that_check_only(batch):
+    """rosa's first call on a large input sleeps past --timeout: that check is interrupted and
+    fails with the reason; the calls after it, in the same test cell and in later ones, still answer."""
+    r = batch["rows"][("rosa", EX1)]
+    rule = cell(nb("solutions", EX1), "ex01_rule_tests")["metadata"]["nbgrader"]["points"]
+    assert _auto_max(EX1) - rule < float(r["auto_score"]) < _auto_max(EX1), r["reason"]
+    page = (batch["out"] / "feedback" / "rosa" / f"{EX1}.html").read_text()
+    assert "ran past 6 s and was interrupted" in page, page[-2000:]
 
 
 @pytest.mark.slow
