@@ -42,7 +42,7 @@ from nbformat.v4 import new_output
 from nbgrader.preprocessors import Execute
 from traitlets import Any as TAny
 
-from preflab.wire import MAX_BYTES, RESULT_MIME
+from preflab.wire import MAX_BYTES
 
 from .checker import recv, send
 from .sandbox import SandboxKernelManager, SandboxSpec, Watchdog
@@ -205,65 +205,11 @@ class GradedExecute(Execute):
         if self.km is not None:
             self.km.kill_now()
 
-    # ---------------------------------------------------------------- one call into the kernel
-    async def kernel_call(self, path: str, timeout: float) -> dict:
-        """Run ``preflab.wire.serve`` on one request in the kernel; the reply frame for the checker."""
-        async with self._kernel_lock:
-            return await self._kernel_call(path, timeout)
-
-    async def _kernel_call(self, path: str, timeout: float) -> dict:
-        if self.dead:
-            return {"op": "result", "failure": f"not run: {self.dead}"}
-        nonce = secrets.token_hex(8)
-        code = f"__import__('preflab.wire', fromlist=['serve']).serve({path!r}, {nonce!r})"
-        msg_id = self.kc.execute(code, silent=False, store_history=False, allow_stdin=False, stop_on_error=False)
-        deadline = time.monotonic() + timeout
-        text, idle, interrupted = None, False, False
-        while not idle:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                if interrupted:
-                    self._mark_dead(f"a call ran past {timeout:g} s and ignored the interrupt", "test")
-                    return {"op": "result", "failure": f"the call ran past {timeout:g} s and ignored the interrupt: "
-                                                       "the kernel was stopped"}
-                interrupted = True
-                await self.km.interrupt_kernel()
-                deadline = time.monotonic() + 5
-                continue
-            try:
-                msg = await self.kc.get_iopub_msg(timeout=min(1.0, remaining))
-            except (queue.Empty, asyncio.TimeoutError):
-                if not await self.kc.is_alive() or (self.watchdog is not None and self.watchdog.reason):
-                    self._mark_dead("the kernel died during a call", "test")
-                    return {"op": "result", "failure": f"the kernel died while the grader called the function ({self.dead})"}
-                continue
-            if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                continue
-            kind, content = msg.get("msg_type"), msg.get("content", {})
-            if kind == "display_data" and (content.get("metadata") or {}).get("nonce") == nonce:
-                data = content.get("data", {}).get(RESULT_MIME)
-                if isinstance(data, str):
-                    text = data
-            elif kind == "status" and content.get("execution_state") == "idle":
-                idle = True
-        try:  # the execute_reply on the shell channel
-            while True:
-                reply = await self.kc.get_shell_msg(timeout=5)
-                if reply.get("parent_header", {}).get("msg_id") == msg_id:
-                    break
-        except (queue.Empty, asyncio.TimeoutError):
-            pass
-        if interrupted:
-            return {"op": "result", "failure": f"the call ran past {timeout:g} s and was interrupted"}
-        if text is None:
-            return {"op": "result", "failure": "the function's result never came back (did the notebook replace "
-                                               "preflab.wire or print over the grader's channel?)"}
-        return {"op": "result", "text": text}
-
-    # ---------------------------------------------------------------- a test cell's calls, over one socket
+    # ---------------------------------------------------------------- a cell's calls, over one socket
     async def _open_session(self) -> dict:
-        """Start ``preflab.wire.serve_session`` in the kernel (one execute request for the whole
-        test cell) and accept its connection on a fresh unix socket in the sandbox's socket folder."""
+        """Start ``preflab.wire.serve_session`` in the kernel (one execute request for all of a
+        cell's calls) and accept its connection on a fresh unix socket in the sandbox's socket
+        folder. Waits for the kernel: the lock is held while the kernel runs a cell."""
         await self._kernel_lock.acquire()  # released by _close_session
         try:
             return await self._start_session()
@@ -425,20 +371,16 @@ class GradedExecute(Execute):
         try:
             send(self.checker.stdin, {"op": "cell", "kind": kind, "grade_id": cell.grade_id, "source": cell.source,
                                       "points": cell.points, "timeout": timeout})
-            session = None  # a test cell's calls share one execute request (see _open_session)
+            session = None  # a cell's calls share one execute request (see _open_session)
             try:
                 while True:
                     msg = await loop.run_in_executor(None, recv, self.checker.stdout)
                     if msg is None:
                         raise RuntimeError("the checker stopped")
                     if msg.get("op") == "call":
-                        call_timeout = float(msg.get("timeout") or timeout)
-                        if kind != "test":  # a setup cell runs in the kernel meanwhile: one request per call
-                            reply = await self.kernel_call(str(msg["path"]), call_timeout)
-                        else:
-                            if session is None:
-                                session = await self._open_session()
-                            reply = await self._session_call(session, str(msg["path"]), call_timeout)
+                        if session is None:  # a setup cell's first call waits here until the kernel has run it
+                            session = await self._open_session()
+                        reply = await self._session_call(session, str(msg["path"]), float(msg.get("timeout") or timeout))
                         send(self.checker.stdin, reply)
                     elif msg.get("op") == "done":
                         return msg

@@ -20,9 +20,10 @@ What can cross, and what it becomes on the other side:
 :func:`decode` treats its input as hostile: it rejects anything else, anything too large or too
 deep, and object arrays, with :class:`WireError` naming the problem.
 
-The kernel side is :func:`serve`: the grader writes a request file (read-only to the kernel),
-runs ``serve(path, nonce)`` in the kernel, and reads the result from the display message it
-publishes. Course infrastructure (used by the grader and by :mod:`preflab.selfcheck`); no lesson
+The kernel side is :func:`serve_session`: for each cell whose checks call the student's functions,
+the grader runs ``serve_session(socket_path)`` in the kernel (one execute request), then for each
+call writes a request file (read-only to the kernel), sends its path over the socket and reads the
+result (:func:`answer`'s text) back. Course infrastructure (used by the grader and by :mod:`preflab.selfcheck`); no lesson
 teaches it.
 """
 
@@ -37,11 +38,9 @@ import warnings
 
 import numpy as np
 
-__all__ = ["WireError", "encode", "decode", "dumps", "loads", "serve", "call_local", "RESULT_MIME",
+__all__ = ["WireError", "encode", "decode", "dumps", "loads", "answer", "serve_session", "call_local",
            "MAX_BYTES", "MAX_DEPTH"]
 
-#: Mime type of the display message that carries a result back to the grader.
-RESULT_MIME = "application/x-preflab-result"
 #: The largest document either side accepts (bytes of JSON text).
 MAX_BYTES = 64 * 1024 * 1024
 #: How deeply lists, tuples and dicts may nest.
@@ -349,7 +348,7 @@ def call_local(fn, args: list, kwargs: dict, grad_wrt=(), return_inputs: bool = 
     the positional arguments as they are after the call (to see whether ``fn`` changed them);
     ``warnings``, the messages of warnings raised; or, when ``fn`` raised, ``error`` with its
     type, message and nearest built-in base class. The same function runs in a student's
-    kernel (self-checks) and, through :func:`serve`, for the grader.
+    kernel (self-checks) and, through :func:`answer`, for the grader.
 
     The grader's boundary (course infrastructure, not taught in a lesson).
     """
@@ -437,14 +436,6 @@ def answer(request_path: str) -> str:
     return text
 
 
-def serve(request_path: str, nonce: str) -> None:
-    """Kernel side of one grader call by execute request: :func:`answer`, published as a display
-    message of type :data:`RESULT_MIME` tagged with ``nonce``. The grader's boundary."""
-    from IPython.display import publish_display_data
-
-    publish_display_data({RESULT_MIME: answer(request_path)}, metadata={"nonce": nonce})
-
-
 def _recv_exact(sock, n: int) -> bytes | None:
     buf = bytearray()
     while len(buf) < n:
@@ -464,7 +455,8 @@ def serve_session(sock_path: str) -> None:
 
     An interrupt (the grader's timeout) inside the student's function becomes that call's result
     (:func:`call_local` reports it); one that lands between calls is ignored. SIGINT is held back
-    while a result is being sent, so a frame is never cut in half. The grader's boundary.
+    while a result is being sent, so a frame is never cut in half. The grader's boundary (course
+    infrastructure, not taught in a lesson).
     """
     import signal
     import socket

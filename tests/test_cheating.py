@@ -100,13 +100,9 @@ def pairwise_loss(r_chosen, r_rejected):
     "forge_results": r'''
 import socket, struct
 import preflab.wire as w
-from IPython.display import publish_display_data
 BAD = ['{"$t":"dict","v":{"ok":true,"value":{"$t":"model","kind":"gpt2_lm","config":{"model_type":"gpt2","n_layer":99999}}}}',
        '{"$t":"dict","v":{"ok":true,"value":{"$t":"ndarray","npy":"' + "A" * 4000 + '"}}}',
        "x" * (8 << 20), '[' * 100000]
-def fake(path, nonce):
-    fake.n = getattr(fake, "n", -1) + 1
-    publish_display_data({w.RESULT_MIME: BAD[fake.n % len(BAD)]}, metadata={"nonce": nonce})
 def fake_session(sock_path):  # the socket a test cell's calls use: forged frames, then a lie about a frame's size
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.connect(sock_path)
@@ -120,7 +116,6 @@ def fake_session(sock_path):  # the socket a test cell's calls use: forged frame
             return
         b = BAD[i].encode()
         s.sendall(struct.pack(">I", len(b)) + b)
-w.serve = fake
 w.serve_session = fake_session
 ''' + ZEROS,
     "fake_pass_and_html": r'''
