@@ -8,7 +8,7 @@
   taken from solutions/ (the instructor's copy, hidden tests included), runs in a grader-side
   process (:mod:`autograder.checker`) that calls the student's functions in the kernel with
   plain data; the cell's output becomes the checks' report and its score, which nbgrader reads
-  as partial credit (a number as the cell's result); a test cell's calls share one execute
+  as partial credit (a number as the cell's result); a cell's calls share one execute
   request in the kernel (``preflab.wire.serve_session``), each call a request frame and a result
   frame on a unix socket in the sandbox's socket folder (an execute request per call costs about
   4 ms of Jupyter messaging, which was most of the cost of grading an exercise of many small calls);
@@ -236,7 +236,7 @@ class GradedExecute(Execute):
                 await asyncio.wait({accept}, timeout=0.5)
                 if accept.done():
                     break
-                if self.dead or not await self.kc.is_alive() or time.monotonic() > deadline:
+                if self.dead or await self._kernel_gone() or time.monotonic() > deadline:
                     accept.cancel()
                     session["broken"] = "the notebook did not open the grader's channel (did it replace preflab.wire?)"
                     return session
@@ -272,6 +272,10 @@ class GradedExecute(Execute):
         body = await exact(size)
         return None if body is None else body.decode("utf-8", errors="replace")
 
+    async def _kernel_gone(self) -> bool:
+        """True once the kernel has died or the watchdog has fired."""
+        return not await self.kc.is_alive() or bool(self.watchdog is not None and self.watchdog.reason)
+
     async def _drain_iopub(self) -> None:
         """Discard what the kernel printed meanwhile (a call's output is not the student's to show)."""
         for _ in range(10_000):
@@ -302,7 +306,7 @@ class GradedExecute(Execute):
             if reading.done():
                 break
             await self._drain_iopub()
-            if not await self.kc.is_alive() or (self.watchdog is not None and self.watchdog.reason):
+            if await self._kernel_gone():
                 reading.cancel()
                 self._mark_dead("the kernel died during a call", "test")
                 return {"op": "result", "failure": f"the kernel died while the grader called the function ({self.dead})"}
@@ -351,7 +355,7 @@ class GradedExecute(Execute):
                 try:
                     msg = await self.kc.get_iopub_msg(timeout=min(1.0, remaining))
                 except (queue.Empty, asyncio.TimeoutError):
-                    if not await self.kc.is_alive() or (self.watchdog is not None and self.watchdog.reason):
+                    if await self._kernel_gone():
                         self._mark_dead("the kernel died during a call", "test")
                         return
                     continue

@@ -447,7 +447,7 @@ def _recv_exact(sock, n: int) -> bytes | None:
 
 
 def serve_session(sock_path: str) -> None:
-    """Kernel side of one test cell's calls, in one execute request: connect to the grader's unix
+    """Kernel side of one cell's calls, in one execute request: connect to the grader's unix
     socket at ``sock_path`` and answer each request frame (4-byte big-endian length, then the
     request file's path) with a result frame (length, then :func:`answer`'s text) until an empty
     frame or the end of the connection. One execute request per call costs about 4 ms of Jupyter
