@@ -37,6 +37,7 @@ import torch
 from preflab.sequences import (Batch, check_masks, encode, hidden_size, max_context, pad_id, pad_to,  # noqa: F401
                                position_ids_from, response_lengths, right_pad, sequence_logprobs, take_rows,
                                token_logprobs, trim_padding)
+from preflab.pretrain import PretrainConfig, train_lm
 from preflab.sft import SFTConfig, train_sft
 from preflab import SCALES, current_scale, data_dir  # noqa: F401 (current_scale: part of this module's API)
 import preflab.world as world_module  # RUBRIC is read at call time: Rubric.active() swaps it
@@ -108,38 +109,29 @@ def load_policy(scale: str | None = None, stage: str = "sft", path: str | Path |
     """Load a policy and its tokenizer: ``(model, tokenizer)``, the model in eval mode.
 
     scale="tiny": ``data/tiny/<stage>`` (under :data:`DATA_DIR`) with stage "base" (pretrained on world text) or "sft"
-    (then finetuned on demonstrations). scale="gpt2": GPT-2 124M from ``path`` or by name.
+    (then finetuned on demonstrations). scale="gpt2": GPT-2 124M adapted the same way, built on first use and
+    cached (:func:`load_gpt2_base`, :func:`load_gpt2_sft`); with ``path``, the checkpoint saved there as it is.
+    Dropout is off at both scales (the tiny models have none; GPT-2's 0.1 is set to 0): a policy trained
+    against a frozen reference must compute the same log-probs in train and eval mode.
 
     Lesson 00.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     scale = current_scale(scale)
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r} for the {scale} scale: choose one of {STAGES}")
     if scale == "tiny":
-        if stage not in STAGES:
-            raise ValueError(f"unknown stage {stage!r} for the tiny scale: choose one of {STAGES}")
         path = Path(path) if path is not None else TINY_DIR / stage
         if not (path / "model.safetensors").exists():
             raise FileNotFoundError(_missing_data_advice(path / "model.safetensors"))
         tok = load_tokenizer(path)
         model = AutoModelForCausalLM.from_pretrained(str(path))
+    elif path is None:
+        builder = load_gpt2_base if stage == "base" else load_gpt2_sft
+        return builder(device=device, dtype=dtype)
     else:
-        if stage not in STAGES:
-            raise ValueError(f"unknown stage {stage!r}: choose one of {STAGES}")
-        if stage == "sft" and path is None:
-            return load_gpt2_sft(device=device, dtype=dtype)
-        name = str(path) if path is not None else os.environ.get("PREFLAB_GPT2_PATH", "gpt2")
-        try:
-            tok = AutoTokenizer.from_pretrained(name)
-            model = AutoModelForCausalLM.from_pretrained(name)
-        except (OSError, ValueError) as e:
-            # OSError; under transformers 4.x a missing path raises HFValidationError (a ValueError)
-            if not isinstance(e, OSError) and type(e).__name__ != "HFValidationError":
-                raise  # a bug, not a missing model
-            raise _gpt2_load_error(name, e) from None
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
-        tok.padding_side = "right"
+        model, tok = _load_gpt2(str(path))
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
@@ -147,44 +139,119 @@ def load_policy(scale: str | None = None, stage: str = "sft", path: str | Path |
     return model, tok
 
 
+def _load_gpt2(name: str):
+    """A GPT-2 and its tokenizer from a hub name or a directory, dropout off, padding on the right."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        # OSError; under transformers 4.x a missing path raises HFValidationError (a ValueError)
+        if not isinstance(e, OSError) and type(e).__name__ != "HFValidationError":
+            raise  # a bug, not a missing model
+        raise _gpt2_load_error(name, e) from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    for key in ("resid_pdrop", "embd_pdrop", "attn_pdrop"):  # saved checkpoints keep it off
+        if hasattr(model.config, key):
+            setattr(model.config, key, 0.0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    return model, tok
+
+
+#: How GPT-2 becomes the course's "base" at GPT-2 scale: the tiny base's recipe (next-token loss on
+#: the world's corpus, :mod:`preflab.pretrain`), continued from GPT-2's weights at 1/20 of the tiny
+#: model's from-scratch learning rate (the ratio of the two SFT recipes below). Not yet run on a GPU.
+GPT2_BASE = dict(world_seed=0, corpus_size=20_000, steps=300, batch_size=32, lr=1.5e-4, seed=0)
+#: How the GPT-2 base becomes the "sft" policy: the tiny SFT's recipe, 5e-5 instead of 1e-3.
 GPT2_SFT = dict(world_seed=0, n_demos=8000, steps=400, batch_size=32, lr=5e-5, seed=0)
 
 
-def load_gpt2_sft(cache_dir: str | Path | None = None, device=None, dtype=None, **overrides):
-    """GPT-2 (124M) finetuned on the world's demonstrations, built on first use and cached.
-
-    The tiny scale ships its SFT checkpoint; at GPT-2 scale the same recipe (response-only
-    SFT on ``world.demonstrations``) runs once, about 2 minutes on a Colab T4, and is cached in
-    ``cache_dir``, else ``$PREFLAB_CACHE`` (on Colab, a Google Drive folder keeps it across
-    notebooks: the setup cell mounts it), else ``~/.cache/preflab``, under the world's data version.
-
-    Lesson 00 (the GPT-2 scale on Colab).
-    """
-    hp = {**GPT2_SFT, **overrides}
-    world = make_world(hp["world_seed"])
+def gpt2_checkpoint_dir(stage: str, cache_dir: str | Path | None = None, base: dict | None = None,
+                        **overrides) -> Path:
+    """Where the GPT-2-scale ``stage`` ("base" or "sft") is cached: ``cache_dir``, else ``$PREFLAB_CACHE`` (the
+    Colab setup cell points it at Google Drive), else ``~/.cache/preflab``; the folder's name holds the world's
+    data version and a hash of every recipe that built it (the base's too, for "sft"), so a changed recipe
+    builds afresh. ``base`` overrides :data:`GPT2_BASE`, ``overrides`` the stage's own recipe (for "base", the
+    same one). Lesson 00."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}: choose one of {STAGES}")
+    if stage == "base":
+        recipes = [{**GPT2_BASE, **(base or {}), **overrides}]
+    else:
+        recipes = [{**GPT2_BASE, **(base or {})}, {**GPT2_SFT, **overrides}]
+    key = hashlib.sha256(json.dumps(recipes, sort_keys=True).encode()).hexdigest()[:10]
+    world = make_world(recipes[-1]["world_seed"])
     cache_dir = Path(cache_dir or os.environ.get("PREFLAB_CACHE") or Path.home() / ".cache" / "preflab")
-    target = cache_dir / f"gpt2-sft-{world.version_hash}-{hp['steps']}"
-    if (target / "model.safetensors").exists():
-        return load_policy("gpt2", stage="base", path=target, device=device, dtype=dtype)
-    model, tok = load_policy("gpt2", stage="base", device=device)
-    print(f"preflab: finetuning GPT-2 on {hp['n_demos']} world demonstrations ({hp['steps']} steps); "
-          f"cached in {target}")
-    demos = world.demonstrations(hp["n_demos"], rng=hp["seed"] + 1)
-    train_sft(model, tok, demos, SFTConfig(steps=hp["steps"], batch_size=hp["batch_size"], lr=hp["lr"], seed=hp["seed"]))
-    # written beside the target, then renamed: a run stopped mid-save (a Colab runtime can vanish,
-    # a Drive cache outlives it) leaves no half-written checkpoint that later loads would trust
-    partial = cache_dir / f"{target.name}.partial-{os.getpid()}"
+    return cache_dir / f"gpt2-{stage}-{world.version_hash}-{key}"
+
+
+def _cache(model, tok, target: Path) -> None:
+    """Save a checkpoint under a temporary name beside ``target``, then rename it: a run stopped mid-save (a
+    Colab runtime can vanish, a Drive cache outlives it) leaves nothing that later loads would trust."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.parent / f"{target.name}.partial-{os.getpid()}"
     model.save_pretrained(str(partial))
     tok.save_pretrained(str(partial))
     if target.exists() and not (target / "model.safetensors").exists():
-        shutil.rmtree(target, ignore_errors=True)  # left by an interrupted save of an older version
+        shutil.rmtree(target, ignore_errors=True)  # left by an interrupted save
     try:
         partial.rename(target)
     except OSError:  # another notebook cached it first
         shutil.rmtree(partial, ignore_errors=True)
-    if dtype is not None:
-        model.to(dtype=dtype)
-    return model, tok
+
+
+def load_gpt2_base(cache_dir: str | Path | None = None, device=None, dtype=None, **overrides):
+    """GPT-2 (124M) adapted to the world's text, the GPT-2 scale's "base": built on first use and cached.
+
+    GPT-2 itself (by name, or ``$PREFLAB_GPT2_PATH``) has never seen the world's prompts or response format;
+    the tiny base was pretrained on the world's corpus, so this one is too, with :data:`GPT2_BASE` (about a
+    minute on a Colab T4). Dropout off. Lesson 00 (the GPT-2 scale on Colab).
+    """
+    hp = {**GPT2_BASE, **overrides}
+    target = gpt2_checkpoint_dir("base", cache_dir, **overrides)
+    if not (target / "model.safetensors").exists():
+        model, tok = _load_gpt2(os.environ.get("PREFLAB_GPT2_PATH", "gpt2"))
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        model.to(device)
+        world = make_world(hp["world_seed"])
+        print(f"preflab: adapting GPT-2 to the world's text ({hp['steps']} steps on {hp['corpus_size']} texts); "
+              f"cached in {target}")
+        torch.manual_seed(hp["seed"])
+        train_lm(model, tok, world.corpus(hp["corpus_size"], rng=hp["seed"]),
+                 PretrainConfig(steps=hp["steps"], batch_size=hp["batch_size"], lr=hp["lr"], seed=hp["seed"]))
+        _cache(model, tok, target)
+    return load_policy("gpt2", stage="base", path=target, device=device, dtype=dtype)
+
+
+def load_gpt2_sft(cache_dir: str | Path | None = None, device=None, dtype=None, base: dict | None = None,
+                  **overrides):
+    """The GPT-2 base (:func:`load_gpt2_base`) finetuned on the world's demonstrations: built on first use and
+    cached.
+
+    The tiny scale ships its SFT checkpoint; at GPT-2 scale the same recipe (response-only SFT on
+    ``world.demonstrations``, :data:`GPT2_SFT`) runs once, about 2 minutes on a Colab T4, and is cached
+    where :func:`gpt2_checkpoint_dir` says. ``base`` overrides the base's recipe, ``overrides`` this one's.
+
+    Lesson 00 (the GPT-2 scale on Colab).
+    """
+    hp = {**GPT2_SFT, **overrides}
+    target = gpt2_checkpoint_dir("sft", cache_dir, base=base, **overrides)
+    if not (target / "model.safetensors").exists():
+        model, tok = load_gpt2_base(cache_dir, device=device, **(base or {}))
+        world = make_world(hp["world_seed"])
+        print(f"preflab: finetuning the GPT-2 base on {hp['n_demos']} world demonstrations ({hp['steps']} steps); "
+              f"cached in {target}")
+        demos = world.demonstrations(hp["n_demos"], rng=hp["seed"] + 1)
+        train_sft(model, tok, demos, SFTConfig(steps=hp["steps"], batch_size=hp["batch_size"], lr=hp["lr"],
+                                               seed=hp["seed"]))
+        _cache(model, tok, target)
+    return load_policy("gpt2", stage="sft", path=target, device=device, dtype=dtype)
 
 
 def model_version(model: torch.nn.Module) -> str:

@@ -33,7 +33,7 @@ def main(argv=None):
     import torch
     from preflab.dpo import DPOConfig, train_dpo
     from preflab.evaluate import evaluate_policy, heldout_prompts
-    from preflab.model import GPT2_SFT, load_gpt2_sft, load_policy, load_tokenizer
+    from preflab.model import GPT2_BASE, GPT2_SFT, load_gpt2_sft, load_policy, load_tokenizer
     from preflab.ppo import PPOConfig, frozen_copy, train_ppo
     from preflab.world import make_world
 
@@ -64,7 +64,8 @@ def main(argv=None):
     sft, _ = load_gpt2_sft(device=dev, steps=args.sft_steps)
     sync()
     report["parameters_M"] = round(sum(p.numel() for p in sft.parameters()) / 1e6, 1)
-    report["sft_build_s"] = round(time.time() - t, 1)
+    report["base_and_sft_build_s"] = round(time.time() - t, 1)
+    report["base_recipe"] = GPT2_BASE
     report["sft_recipe"] = {**GPT2_SFT, "steps": args.sft_steps}
 
     prompts = heldout_prompts(world, 128)

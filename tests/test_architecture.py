@@ -68,7 +68,7 @@ def test_no_course_tooling_in_the_library():
                 assert not name.split(".")[0] in TOOLING, f"preflab/{mod}.py imports {name}: course tooling lives in tools/"
 
 
-TRAINERS = [("preflab.sft", "train_sft", "SFTConfig"), ("preflab.reward_model", "train_reward_model", "RewardConfig"),
+TRAINERS = [("preflab.pretrain", "train_lm", "PretrainConfig"), ("preflab.sft", "train_sft", "SFTConfig"), ("preflab.reward_model", "train_reward_model", "RewardConfig"),
             ("preflab.dpo", "train_dpo", "DPOConfig"), ("preflab.ppo", "train_ppo", "PPOConfig"),
             ("preflab.grpo", "train_grpo", "GRPOConfig"), ("preflab.kto", "train_kto", "KTOConfig"),
             ("preflab.orpo", "train_orpo", "ORPOConfig"), ("preflab.online_dpo", "train_online_dpo", "OnlineDPOConfig")]

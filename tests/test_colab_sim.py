@@ -178,10 +178,10 @@ def test_setup_cell_on_a_simulated_colab(colab, tmp_path):
     again = _code(nb, setup)
     probe = _code(nb, textwrap.dedent('''
         import json, shutil, preflab, torch, numpy, transformers, ipywidgets, IPython
-        from preflab.model import GPT2_SFT, TINY_DIR, load_policy
-        from preflab.world import make_world
+        from preflab.model import TINY_DIR, gpt2_checkpoint_dir, load_policy
         # the Drive cache is where load_gpt2_sft looks: plant a (tiny) finetune there and load it
-        target = os.path.join(os.environ["PREFLAB_CACHE"], f"gpt2-sft-{make_world(0).version_hash}-{GPT2_SFT['steps']}")
+        target = gpt2_checkpoint_dir("sft")
+        assert str(target).startswith(os.environ["PREFLAB_CACHE"]), target
         shutil.copytree(TINY_DIR / "sft", target)
         model, _ = load_policy("gpt2", device="cpu")
         print(json.dumps({"preflab": preflab.__file__, "scale": os.environ["PREFLAB_SCALE"],
@@ -238,12 +238,11 @@ def test_setup_cell_on_a_simulated_colab(colab, tmp_path):
 
 
 # ----------------------------------------------------------------------------- the GPT-2 cache (fast)
-def _cache_target(cache: Path, steps: int | None = None) -> Path:
+def _cache_target(cache: Path, base: dict | None = None, **overrides) -> Path:
     """Where load_gpt2_sft caches the finetune under ``cache``."""
-    from preflab.model import GPT2_SFT
-    from preflab.world import make_world
+    from preflab.model import gpt2_checkpoint_dir
 
-    return cache / f"gpt2-sft-{make_world(GPT2_SFT['world_seed']).version_hash}-{steps or GPT2_SFT['steps']}"
+    return gpt2_checkpoint_dir("sft", cache, base=base, **overrides)
 
 
 def test_the_gpt2_finetune_is_read_from_PREFLAB_CACHE(tmp_path, monkeypatch):
@@ -266,7 +265,7 @@ def test_an_interrupted_save_is_rebuilt_and_none_is_left_half_written(tmp_path, 
     beside the target and renamed, so no partial folder remains."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from preflab.model import load_gpt2_sft
+    from preflab.model import gpt2_checkpoint_dir, load_gpt2_sft
 
     _, tok = policy
     base = tmp_path / "gpt2-local"
@@ -275,10 +274,11 @@ def test_an_interrupted_save_is_rebuilt_and_none_is_left_half_written(tmp_path, 
     tok.save_pretrained(base)
     monkeypatch.setenv("PREFLAB_GPT2_PATH", str(base))
     monkeypatch.setenv("PREFLAB_CACHE", str(tmp_path / "cache"))
-    hp = dict(steps=2, n_demos=8, batch_size=4)
-    target = _cache_target(tmp_path / "cache", hp["steps"])
+    hp, base_hp = dict(steps=2, n_demos=8, batch_size=4), dict(steps=1, corpus_size=8, batch_size=4)
+    target = _cache_target(tmp_path / "cache", base_hp, **hp)
     target.mkdir(parents=True)
     (target / "config.json").write_text("{}")  # what an interrupted save left
-    load_gpt2_sft(device="cpu", **hp)
+    load_gpt2_sft(device="cpu", base=base_hp, **hp)
     assert (target / "model.safetensors").exists()
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == [target.name]
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted(
+        [target.name, gpt2_checkpoint_dir("base", tmp_path / "cache", **base_hp).name])

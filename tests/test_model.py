@@ -205,31 +205,34 @@ def test_gpt2_scale_loads_from_local_directory(tmp_path, policy):
     tok.save_pretrained(tmp_path)
     model, tok2 = load_policy("gpt2", stage="base", path=tmp_path, device="cpu")
     assert model.config.n_embd == 32 and tok2.pad_token_id is not None
-    os.environ["PREFLAB_GPT2_PATH"] = str(tmp_path)
-    try:
-        model, _ = load_policy("gpt2", stage="base", device="cpu")
-        assert model.config.n_layer == 1
-    finally:
-        del os.environ["PREFLAB_GPT2_PATH"]
+    assert model.config.resid_pdrop == 0.0, "dropout is off at GPT-2 scale too"
 
 
-def test_gpt2_sft_is_built_once_and_cached(tmp_path, policy):
-    """At GPT-2 scale the SFT stage is finetuned on the world on first use, then read from the cache."""
+def test_gpt2_base_and_sft_are_built_once_and_cached(tmp_path, policy, monkeypatch):
+    """At GPT-2 scale "base" is GPT-2 adapted to the world's text and "sft" that base finetuned on the
+    demonstrations, as at the tiny scale: each built on first use, then read from the cache; dropout off."""
     from transformers import GPT2Config, GPT2LMHeadModel
-    from preflab.model import load_gpt2_sft
+    from preflab.model import gpt2_checkpoint_dir, load_gpt2_base, load_gpt2_sft
     _, tok = policy
-    base = tmp_path / "gpt2-local"
+    raw = tmp_path / "gpt2-local"
     cfg = GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=32, n_layer=1, n_head=2,
-                     eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
-    GPT2LMHeadModel(cfg).save_pretrained(base)
-    tok.save_pretrained(base)
-    os.environ["PREFLAB_GPT2_PATH"] = str(base)
-    try:
-        m1, _ = load_gpt2_sft(cache_dir=tmp_path / "cache", device="cpu", steps=3, n_demos=20, batch_size=4)
-        cached = list((tmp_path / "cache").iterdir())
-        assert len(cached) == 1 and (cached[0] / "model.safetensors").exists()
-        m2, _ = load_gpt2_sft(cache_dir=tmp_path / "cache", device="cpu", steps=3, n_demos=20, batch_size=4)
-        assert model_version(m1) == model_version(m2)
-        assert model_version(m1) != model_version(GPT2LMHeadModel.from_pretrained(base))
-    finally:
-        del os.environ["PREFLAB_GPT2_PATH"]
+                     eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)  # dropout 0.1, GPT-2's default
+    GPT2LMHeadModel(cfg).save_pretrained(raw)
+    tok.save_pretrained(raw)
+    monkeypatch.setenv("PREFLAB_GPT2_PATH", str(raw))
+    cache = tmp_path / "cache"
+    base_hp, sft_hp = dict(steps=2, corpus_size=20, batch_size=4), dict(steps=3, n_demos=20, batch_size=4)
+    b1, _ = load_gpt2_base(cache_dir=cache, device="cpu", **base_hp)
+    assert sorted(p.name for p in cache.iterdir()) == [gpt2_checkpoint_dir("base", cache, **base_hp).name]
+    m1, _ = load_gpt2_sft(cache_dir=cache, device="cpu", base=base_hp, **sft_hp)
+    assert sorted(p.name for p in cache.iterdir()) == sorted(
+        [gpt2_checkpoint_dir("base", cache, **base_hp).name, gpt2_checkpoint_dir("sft", cache, base=base_hp, **sft_hp).name])
+    m2, _ = load_gpt2_sft(cache_dir=cache, device="cpu", base=base_hp, **sft_hp)
+    assert model_version(m1) == model_version(m2)
+    versions = {model_version(GPT2LMHeadModel.from_pretrained(raw)), model_version(b1), model_version(m1)}
+    assert len(versions) == 3, "raw GPT-2, the world base and the SFT policy are three different models"
+    for m in (b1, m1):
+        assert m.config.resid_pdrop == m.config.embd_pdrop == m.config.attn_pdrop == 0.0
+        assert all(d.p == 0.0 for d in m.modules() if isinstance(d, torch.nn.Dropout))
+    # a changed recipe is a different checkpoint
+    assert gpt2_checkpoint_dir("sft", cache, base=base_hp, **sft_hp) != gpt2_checkpoint_dir("sft", cache, **sft_hp)

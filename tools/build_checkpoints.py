@@ -21,9 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from preflab.schedule import lr_at, set_lr
+from preflab.pretrain import PretrainConfig, train_lm
 from preflab.sft import SFTConfig, train_sft
 from preflab.world import PROMPT_TEMPLATE, make_world
 
@@ -46,39 +45,6 @@ def train_tokenizer(texts: list[str], out_dir: Path):
                                   unk_token=EOS, model_max_length=TINY_CONFIG["n_positions"])
     tok.padding_side = "right"
     return tok
-
-
-def _lm_batches(ids: list[list[int]], batch: int, steps: int, pad: int, rng: np.random.Generator):
-    for _ in range(steps):
-        rows = [ids[i] for i in rng.integers(len(ids), size=batch)]
-        T = max(len(r) for r in rows)
-        x = torch.full((batch, T), pad, dtype=torch.long)
-        m = torch.zeros((batch, T), dtype=torch.long)
-        for b, r in enumerate(rows):
-            x[b, : len(r)] = torch.tensor(r)
-            m[b, : len(r)] = 1
-        yield x, m
-
-
-def pretrain(model, tok, texts, steps, batch, lr, seed) -> list[float]:
-    rng = np.random.default_rng(seed)
-    ids = [tok(t, add_special_tokens=False)["input_ids"][: TINY_CONFIG["n_positions"] - 1] + [tok.eos_token_id]
-           for t in texts]
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
-    losses = []
-    model.train()
-    for step, (x, m) in enumerate(tqdm(_lm_batches(ids, batch, steps, tok.pad_token_id, rng), total=steps,
-                                       desc="pretrain", mininterval=5)):
-        set_lr(opt, lr_at(step, steps, lr, 50, decay="cosine"))
-        labels = x.masked_fill(m == 0, -100)
-        loss = model(input_ids=x, attention_mask=m, labels=labels).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
-    model.eval()
-    return losses
 
 
 def evaluate(model, tok, world, n_prompts: int = 96, per_prompt: int = 4, seed: int = 123) -> dict:
@@ -139,7 +105,9 @@ def build(out: Path, hp: dict = HPARAMS) -> dict:
     model = GPT2LMHeadModel(cfg)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"tiny GPT-2: {n_params / 1e6:.2f} M parameters, vocab {len(tok)}", file=sys.stderr)
-    pre_losses = pretrain(model, tok, corpus, hp["pretrain_steps"], hp["pretrain_batch"], hp["pretrain_lr"], hp["seed"])
+    pre_history = train_lm(model, tok, corpus, PretrainConfig(steps=hp["pretrain_steps"], batch_size=hp["pretrain_batch"],
+                                                            lr=hp["pretrain_lr"], seed=hp["seed"]))
+    pre_losses = [h["loss"] for h in pre_history]
     card = {"world_seed": hp["world_seed"], "data_version": world.version_hash, "prompt_template": PROMPT_TEMPLATE,
             "parameters": n_params, "config": TINY_CONFIG, "vocab_size": len(tok), "hyperparameters": hp,
             "command": "make checkpoints   (python -m tools.build_checkpoints --out data)",
