@@ -158,14 +158,15 @@ if "google.colab" in sys.modules:
         print(f"preflab ready: scale {scale} on {device}.")
         if scale == "tiny":
             print("  For the real GPT-2 (124M): run %env PREFLAB_SCALE=gpt2 in a new cell, then this notebook's "
-                  "cells again.\\n  The lessons' claims are checked at the tiny scale; at gpt2 scale a check "
-                  "cell may fail.")
+                  "cells again.\\n  The lessons' claims are asserted at the tiny scale; at gpt2 scale a check "
+                  "cell reports them with their numbers, unasserted.")
             if cache:
                 print(f"  GPT-2 finetunes will be cached in {cache}.")
         else:
             if device == "cpu":
                 print("  No GPU attached: Runtime > Change runtime type > a GPU (T4), or %env PREFLAB_SCALE=tiny.")
-            print("  The first GPT-2 load finetunes it (400 steps: 19 s on an H200, longer on a T4) and caches it in "
+            print("  The first GPT-2 load adapts it to the world's text (300 steps), then finetunes it on "
+                  "demonstrations (400 steps), a few minutes on a T4, and caches both in "
                   + (cache or "~/.cache/preflab, on this runtime only") + ".")
             if not cache:
                 print("  To keep it for the next notebooks: %env PREFLAB_CACHE=/content/drive/MyDrive/preflab-cache, "
