@@ -25,6 +25,8 @@ PASSING = [
                   "def line(slope=1.0):\n    plt.figure(figsize=(2, 2)); plt.plot([0, 1], [0, slope]); plt.show()\n"
                   "widgets.interact(line, slope=widgets.FloatSlider(value=1.0, min=0.0, max=2.0, description='slope'));"),
     new_markdown_cell("**A slider** redraws the line."),
+    new_code_cell("from preflab.model import load_policy, generate\nfrom preflab.world import make_world\n"
+                  "model, tok = load_policy()\nsample = generate(model, tok, make_world(0).sample_prompts(4, rng=0))"),
     new_code_cell("seed = os.environ.get('PREFLAB_SEED')\n"
                   "check('the seed reaches the kernel', seed == '7', f'PREFLAB_SEED={seed}')\n"
                   "check('two plus two', 2 + 2 == 4, 'measured 4')"),
@@ -102,6 +104,13 @@ def test_course_json(full):
     assert a["title"] == "01 · A lesson that holds"
     # the kernel ran in the lessons folder
     assert (root / "lessons" / "written_by_kernel.txt").exists()
+    # where the time went: loading and sampling happened; the kinds and "other" add up to the runtime
+    prof = a["profile"]
+    assert prof["loading"] > 0 and prof["sampling"] > 0 and prof["training"] == 0, prof
+    assert sum(prof[k] for k in ("training", "sampling", "evaluation", "loading", "other")) == \
+        pytest.approx(a["runtime_s"], abs=0.3)
+    assert len(prof["slowest_cells"]) == 3 and all(c["seconds"] >= 0 for c in prof["slowest_cells"])
+    assert "train/sample/eval/load/other" in stdout
 
 
 def test_notebooks_html_and_figures(full):

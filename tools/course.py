@@ -37,7 +37,13 @@ processes, sampled every 0.1 s.
                   "claims": [{"status": "PASS", "name": str, "detail": str, "asserted": bool}, ...],
                   "figures": ["figures/03_1.png", ...], "captions": [str, ...],
                   "notebook": "lessons/03_bradley_terry.ipynb", "html": "lessons/03_bradley_terry.html",
-                  "error": str | null}, ...]}
+                  "error": str | null,
+                  "profile": {"training": s, "sampling": s, "evaluation": s, "loading": s, "other": s,
+                              "slowest_cells": [{"cell": index, "seconds": s, "starts": first line}, ...]}},
+                 ...]}
+
+``profile`` charges each second of a lesson to the innermost kind of library work running (see
+:data:`PROFILE_CELL`); the table printed at the end shows it per lesson.
 
 Paths inside ``course.json`` are relative to ``--out``.
 """
@@ -189,6 +195,84 @@ if not getattr(_bb.FigureCanvasBase.print_figure, "_preflab", False):
 AUDIT_REPORT = "import json as _json; print('FIGURE AUDIT', _json.dumps(_PREFLAB_UNLABELLED))"
 
 
+# ----------------------------------------------------------------------------------------------
+# the time profile
+
+# Run before a lesson's own cells (with ``profile=True``; removed afterwards): the library's functions are
+# wrapped so that each second of the lesson is charged to one kind of work, the innermost one running:
+# sampling (``generate``), evaluation (held-out metrics, scoring pairs), training (every ``train_*``),
+# loading (models from disk). The rest (building data, plotting, kernel start) is "other". A PPO step's
+# rollouts count as sampling, its evaluation callback as evaluation, its updates as training.
+PROFILE_KINDS = ("training", "sampling", "evaluation", "loading")
+PROFILE_CELL = """
+import functools as _ft, sys as _sys, time as _t
+import preflab.model, preflab.evaluate, preflab.dpo, preflab.reward_model, preflab.best_of_n
+import preflab.sft, preflab.ppo, preflab.grpo, preflab.kto, preflab.orpo, preflab.online_dpo, preflab.pretrain
+_PREFLAB_PROFILE = {"training": 0.0, "sampling": 0.0, "evaluation": 0.0, "loading": 0.0}
+_PREFLAB_STACK = []
+def _preflab_timed(kind, fn):
+    @_ft.wraps(fn)
+    def timed(*args, **kwargs):
+        now = _t.perf_counter()
+        if _PREFLAB_STACK:  # the outer call's time so far is its own; it resumes when this one returns
+            _PREFLAB_PROFILE[_PREFLAB_STACK[-1][0]] += now - _PREFLAB_STACK[-1][1]
+        _PREFLAB_STACK.append([kind, now])
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            end = _t.perf_counter()
+            k, since = _PREFLAB_STACK.pop()
+            _PREFLAB_PROFILE[k] += end - since
+            if _PREFLAB_STACK:
+                _PREFLAB_STACK[-1][1] = end
+    return timed
+def _preflab_kind(module, name):
+    if name.startswith("train_"):
+        return "training"
+    if name == "generate":
+        return "sampling"
+    if name in ("load_policy", "load_reward_model"):
+        return "loading"
+    if module == "preflab.evaluate" or name in ("evaluate_pairs", "score_pairs", "pairwise_accuracy", "score"):
+        return "evaluation"
+    return None
+_PREFLAB_WRAPPED = {}
+for _m in [m for n, m in list(_sys.modules.items()) if n.startswith("preflab.")]:
+    for _name, _fn in list(vars(_m).items()):
+        if callable(_fn) and getattr(_fn, "__module__", "").startswith("preflab.") and not isinstance(_fn, type):
+            _kind = _preflab_kind(_fn.__module__, _name)
+            if _kind is not None:
+                if _fn not in _PREFLAB_WRAPPED:
+                    _PREFLAB_WRAPPED[_fn] = _preflab_timed(_kind, _fn)
+                setattr(_m, _name, _PREFLAB_WRAPPED[_fn])
+"""
+PROFILE_REPORT = "import json as _json; print('TIME PROFILE', _json.dumps(_PREFLAB_PROFILE))"
+
+
+def cell_seconds(cell) -> float | None:
+    """How long a cell ran, from the timestamps nbclient records in its metadata (None if it did not run)."""
+    ex = cell.get("metadata", {}).get("execution", {})
+    start, end = ex.get("iopub.execute_input"), ex.get("shell.execute_reply")
+    if not (start and end):
+        return None
+    parse = lambda t: _dt.datetime.fromisoformat(t.replace("Z", "+00:00"))
+    return (parse(end) - parse(start)).total_seconds()
+
+
+def time_profile(report_text: str, nb, runtime_s: float) -> dict:
+    """Seconds per kind of work (from the profile cell's report), "other" for the rest of the runtime, and the
+    three slowest cells (index, seconds, first line)."""
+    out = {}
+    if report_text.startswith("TIME PROFILE"):
+        out = {k: round(v, 1) for k, v in json.loads(report_text[len("TIME PROFILE"):]).items()}
+        out["other"] = round(max(0.0, runtime_s - sum(out.values())), 1)
+    cells = [(i, cell_seconds(c), c.source.strip().splitlines()[0][:70] if c.source.strip() else "")
+             for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    out["slowest_cells"] = [{"cell": i, "seconds": round(t, 1), "starts": first}
+                            for i, t, first in sorted((c for c in cells if c[1] is not None), key=lambda c: -c[1])[:3]]
+    return out
+
+
 
 
 def figure_problems(audit_text: str, nb) -> list[str]:
@@ -221,6 +305,7 @@ class LessonResult:
     html: str = ""
     error: str | None = None
     figure_problems: list = field(default_factory=list)
+    profile: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -353,11 +438,12 @@ def _sliced_client_class():
 
 
 def run_lesson(path: Path, out: Path, timeout: int = DEFAULT_TIMEOUT, seed: str | None = None,
-               audit: bool = False) -> LessonResult:
+               audit: bool = False, profile: bool = False) -> LessonResult:
     """Execute one lesson notebook in a fresh kernel; write its executed notebook, HTML and figures.
 
     With ``audit``, every figure is checked as it renders (both axes named) and needs a caption;
-    what is wrong lands in ``figure_problems``. The course's tests run lessons this way."""
+    what is wrong lands in ``figure_problems``. The course's tests run lessons this way. With ``profile``,
+    ``profile`` says where the time went (:data:`PROFILE_CELL`), as ``make course`` reports it."""
     import nbformat
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
@@ -372,6 +458,9 @@ def run_lesson(path: Path, out: Path, timeout: int = DEFAULT_TIMEOUT, seed: str 
     if audit:
         nb.cells.insert(0, nbformat.v4.new_code_cell(AUDIT_CELL))
         nb.cells.append(nbformat.v4.new_code_cell(AUDIT_REPORT))
+    if profile:
+        nb.cells.insert(0, nbformat.v4.new_code_cell(PROFILE_CELL))
+        nb.cells.append(nbformat.v4.new_code_cell(PROFILE_REPORT))
     env = dict(os.environ)
     if seed is not None:
         env["PREFLAB_SEED"] = str(seed)
@@ -411,6 +500,10 @@ def run_lesson(path: Path, out: Path, timeout: int = DEFAULT_TIMEOUT, seed: str 
         res.peak_mb = monitor.stop()
         kernel_log.close()
 
+    if profile:
+        report = "".join(o.get("text", "") for o in nb.cells[-1].get("outputs", [])).strip()
+        nb.cells = nb.cells[1:-1]
+        res.profile = time_profile(report, nb, res.runtime_s)
     if audit:
         report = "".join(o.get("text", "") for o in nb.cells[-1].get("outputs", [])).strip()
         nb.cells = nb.cells[1:-1]
@@ -450,17 +543,21 @@ def run_lesson(path: Path, out: Path, timeout: int = DEFAULT_TIMEOUT, seed: str 
 
 def format_table(results: list[LessonResult]) -> str:
     """The closing table: one row per lesson, then the total."""
-    rows = [("lesson", "status", "runtime s", "peak MB", "check")]
+    kinds = PROFILE_KINDS + ("other",)
+    rows = [("lesson", "status", "runtime s", "peak MB", "check", "s: train/sample/eval/load/other")]
     for r in results:
         n_pass = sum(c["status"] == "PASS" for c in r.claims)
         check = f"{n_pass}/{len(r.claims)} claims" if r.claims else "no claims"
-        rows.append((r.lesson, r.status, f"{r.runtime_s:.1f}", f"{r.peak_mb:.0f}", check))
+        spent = "/".join(f"{r.profile[k]:.0f}" for k in kinds) if "other" in r.profile else ""
+        rows.append((r.lesson, r.status, f"{r.runtime_s:.1f}", f"{r.peak_mb:.0f}", check, spent))
     total = sum(r.runtime_s for r in results)
     peak = max((r.peak_mb for r in results), default=0.0)
     n_ok = sum(r.ok for r in results)
-    rows.append(("total", f"{n_ok}/{len(results)} passed", f"{total:.1f}", f"{peak:.0f} (max)", ""))
+    profiled = [r for r in results if "other" in r.profile]
+    spent = "/".join(f"{sum(r.profile[k] for r in profiled):.0f}" for k in kinds) if profiled else ""
+    rows.append(("total", f"{n_ok}/{len(results)} passed", f"{total:.1f}", f"{peak:.0f} (max)", "", spent))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    right = {2, 3}
+    right = {2, 3, 5}
 
     def fmt(row):
         return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
@@ -550,7 +647,7 @@ def run_course(lessons_dir: str | Path = "lessons", out: str | Path = "build", o
     bar = tqdm(paths, desc="course", unit="lesson", disable=not progress, file=sys.stderr)
     for path in bar:
         bar.set_postfix_str(path.stem)
-        r = run_lesson(path, out, timeout=timeout, seed=seed)  # seed None: the environment's passes through
+        r = run_lesson(path, out, timeout=timeout, seed=seed, profile=True)  # seed None: the environment's passes through
         results.append(r)
         if not r.ok:
             tqdm.write(f"{r.lesson}: {r.status}: {r.error}", file=sys.stderr)
