@@ -250,10 +250,10 @@ def test_the_gpt2_finetune_is_read_from_PREFLAB_CACHE(tmp_path, monkeypatch):
     (an empty value means unset: ~/.cache/preflab)."""
     from preflab.model import TINY_DIR, load_gpt2_sft
 
-    shutil.copytree(TINY_DIR / "sft", _cache_target(tmp_path / "drive" / "MyDrive" / "preflab-cache"))
-    shutil.copytree(TINY_DIR / "sft", _cache_target(tmp_path / "home" / ".cache" / "preflab"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("PREFLAB_GPT2_PATH", str(tmp_path / "no-gpt2-here"))  # a cache miss would fail loudly
+    shutil.copytree(TINY_DIR / "sft", _cache_target(tmp_path / "drive" / "MyDrive" / "preflab-cache"))
+    shutil.copytree(TINY_DIR / "sft", _cache_target(tmp_path / "home" / ".cache" / "preflab"))
     for cache in (str(tmp_path / "drive" / "MyDrive" / "preflab-cache"), ""):
         monkeypatch.setenv("PREFLAB_CACHE", cache)
         model, tok = load_gpt2_sft(device="cpu")

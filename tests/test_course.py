@@ -109,6 +109,7 @@ def test_course_json(full):
     assert prof["loading"] > 0 and prof["sampling"] > 0 and prof["training"] == 0, prof
     assert sum(prof[k] for k in ("training", "sampling", "evaluation", "loading", "other")) == \
         pytest.approx(a["runtime_s"], abs=0.3)
+    assert prof["gpu_peak_mb"] is None  # no GPU here
     assert len(prof["slowest_cells"]) == 3 and all(c["seconds"] >= 0 for c in prof["slowest_cells"])
     assert "train/sample/eval/load/other" in stdout
 

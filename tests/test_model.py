@@ -234,5 +234,8 @@ def test_gpt2_base_and_sft_are_built_once_and_cached(tmp_path, policy, monkeypat
     for m in (b1, m1):
         assert m.config.resid_pdrop == m.config.embd_pdrop == m.config.attn_pdrop == 0.0
         assert all(d.p == 0.0 for d in m.modules() if isinstance(d, torch.nn.Dropout))
-    # a changed recipe is a different checkpoint
-    assert gpt2_checkpoint_dir("sft", cache, base=base_hp, **sft_hp) != gpt2_checkpoint_dir("sft", cache, **sft_hp)
+    # a changed recipe, or another GPT-2 to start from, is a different checkpoint
+    here = gpt2_checkpoint_dir("sft", cache, base=base_hp, **sft_hp)
+    assert here != gpt2_checkpoint_dir("sft", cache, **sft_hp)
+    monkeypatch.setenv("PREFLAB_GPT2_PATH", str(tmp_path / "another-gpt2"))
+    assert gpt2_checkpoint_dir("sft", cache, base=base_hp, **sft_hp) != here

@@ -39,6 +39,7 @@ processes, sampled every 0.1 s.
                   "notebook": "lessons/03_bradley_terry.ipynb", "html": "lessons/03_bradley_terry.html",
                   "error": str | null,
                   "profile": {"training": s, "sampling": s, "evaluation": s, "loading": s, "other": s,
+                              "gpu_peak_mb": MiB | null,
                               "slowest_cells": [{"cell": index, "seconds": s, "starts": first line}, ...]}},
                  ...]}
 
@@ -246,7 +247,11 @@ for _m in [m for n, m in list(_sys.modules.items()) if n.startswith("preflab.")]
                     _PREFLAB_WRAPPED[_fn] = _preflab_timed(_kind, _fn)
                 setattr(_m, _name, _PREFLAB_WRAPPED[_fn])
 """
-PROFILE_REPORT = "import json as _json; print('TIME PROFILE', _json.dumps(_PREFLAB_PROFILE))"
+PROFILE_REPORT = """
+import json as _json, torch as _torch
+_gpu = round(_torch.cuda.max_memory_allocated() / 2**20, 1) if _torch.cuda.is_available() else None
+print('TIME PROFILE', _json.dumps({"seconds": _PREFLAB_PROFILE, "gpu_peak_mb": _gpu}))
+"""
 
 
 def cell_seconds(cell) -> float | None:
@@ -260,12 +265,14 @@ def cell_seconds(cell) -> float | None:
 
 
 def time_profile(report_text: str, nb, runtime_s: float) -> dict:
-    """Seconds per kind of work (from the profile cell's report), "other" for the rest of the runtime, and the
-    three slowest cells (index, seconds, first line)."""
+    """Seconds per kind of work (from the profile cell's report), "other" for the rest of the runtime, the peak
+    GPU memory (MiB, None without a GPU) and the three slowest cells (index, seconds, first line)."""
     out = {}
     if report_text.startswith("TIME PROFILE"):
-        out = {k: round(v, 1) for k, v in json.loads(report_text[len("TIME PROFILE"):]).items()}
+        report = json.loads(report_text[len("TIME PROFILE"):])
+        out = {k: round(v, 1) for k, v in report["seconds"].items()}
         out["other"] = round(max(0.0, runtime_s - sum(out.values())), 1)
+        out["gpu_peak_mb"] = report["gpu_peak_mb"]  # torch.cuda.max_memory_allocated; None without a GPU
     cells = [(i, cell_seconds(c), c.source.strip().splitlines()[0][:70] if c.source.strip() else "")
              for i, c in enumerate(nb.cells) if c.cell_type == "code"]
     out["slowest_cells"] = [{"cell": i, "seconds": round(t, 1), "starts": first}
