@@ -47,12 +47,12 @@ def machine() -> dict:
     return info
 
 
-def notebooks(only: list[str] | None, exercises: bool) -> list[Path]:
+def notebooks(lessons: Path, solutions: Path | None, only: list[str] | None) -> list[Path]:
     from tools.course import find_lessons
 
-    paths = find_lessons(ROOT / "lessons", only)
-    if exercises:
-        for nb in sorted(ROOT.glob("solutions/ex*/ex*.ipynb")):
+    paths = find_lessons(lessons, only)
+    if solutions is not None:
+        for nb in sorted(solutions.glob("ex*/ex*.ipynb")):
             if not only or nb.name[2:4] in only:
                 paths.append(nb)
     return paths
@@ -78,6 +78,9 @@ def main(argv=None) -> int:
     ap.add_argument("--scales", nargs="+", default=["tiny", "gpt2"], choices=["tiny", "gpt2"])
     ap.add_argument("--only", nargs="+", help="lesson or exercise numbers, e.g. 00 07")
     ap.add_argument("--no-exercises", action="store_true", help="lessons only")
+    ap.add_argument("--lessons", type=Path, default=ROOT / "lessons",
+                    help="the lessons folder (they write manifests to ../build; a copy keeps a trial apart)")
+    ap.add_argument("--solutions", type=Path, default=ROOT / "solutions", help="the exercises' solutions folder")
     ap.add_argument("--timeout", type=int, default=600, help="seconds per cell")
     ap.add_argument("--budget-s", type=float, default=None, help="start no notebook after this many seconds")
     ap.add_argument("--random-gpt2", action="store_true", help="a small random GPT-2 (CPU trial; numbers mean nothing)")
@@ -108,13 +111,13 @@ def main(argv=None) -> int:
                                     "sft": dict(pm.GPT2_SFT), "cache": os.environ["PREFLAB_CACHE"]}
             save()
         out = args.out.parent / f"gpu_record_{scale}"
-        for path in notebooks(args.only, not args.no_exercises):
+        for path in notebooks(args.lessons, None if args.no_exercises else args.solutions, args.only):
             if args.budget_s is not None and time.perf_counter() - t_start > args.budget_s:
                 record["stopped_early"] = True
                 break
             r = run_lesson(path, out, timeout=args.timeout, profile=True)
             record["scales"][scale].append({
-                "notebook": str(path.relative_to(ROOT)), "status": r.status, "runtime_s": round(r.runtime_s, 1),
+                "notebook": f"{path.parent.name}/{path.name}", "status": r.status, "runtime_s": round(r.runtime_s, 1),
                 "peak_host_mb": round(r.peak_mb), "gpu_peak_mb": r.profile.get("gpu_peak_mb"),
                 "time": {k: v for k, v in r.profile.items() if k != "gpu_peak_mb"},
                 "claims": r.claims, "error": r.error})

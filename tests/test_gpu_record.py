@@ -3,6 +3,7 @@ both scales, GPT-2 replaced by a small random GPT-2 (no download here). About 90
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +16,13 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.slow
 def test_the_gpu_record_runs_every_scale_and_writes_what_it_measured(tmp_path):
     out = tmp_path / "record.json"
+    # a copy of the lessons: lesson 00 writes ../build/manifests/00_tour.json and reads it back, which another
+    # run of lesson 00 in the repository (tests/test_lessons.py, in the other worker) must not overwrite
+    shutil.copytree(ROOT / "lessons", tmp_path / "lessons")
     env = {k: v for k, v in os.environ.items() if k not in ("PREFLAB_SCALE", "PREFLAB_GPT2_PATH")}
     env.update(PREFLAB_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, "scripts/gpu_record.py", "--out", str(out), "--only", "00", "--no-exercises",
-                        "--random-gpt2", "--timeout", "300"], cwd=ROOT, env=env, capture_output=True, text=True,
+                        "--random-gpt2", "--timeout", "300", "--lessons", str(tmp_path / "lessons")], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     rec = json.loads(out.read_text())

@@ -56,3 +56,13 @@ def test_lessons_are_numbered_and_clean():
         for c in nb.cells:
             if c.cell_type == "code":
                 assert not c.get("outputs") and c.get("execution_count") is None, f"{p.name}: outputs not cleared"
+
+
+def test_every_torch_lesson_runs_on_one_thread():
+    """Two threads on two cores: lesson 01 took 122 s idle with them (139 s with one), but its training cell
+    ran past 600 s when one other CPU-bound program shared the cores (132 s for the whole lesson with one
+    thread). So every lesson that uses torch asks for one thread, as `make test` does (OMP_NUM_THREADS=1)."""
+    for p in sorted((ROOT / "lessons").glob("[0-9][0-9]_*.ipynb")):
+        code = "\n".join(c.source for c in nbformat.read(p, as_version=4).cells[1:] if c.cell_type == "code")
+        if "import torch" in code:
+            assert "torch.set_num_threads(1)" in code, f"{p.name} uses torch on the default thread count"
