@@ -176,17 +176,17 @@ def gpt2_checkpoint_dir(stage: str, cache_dir: str | Path | None = None, base: d
     """Where the GPT-2-scale ``stage`` ("base" or "sft") is cached: ``cache_dir``, else ``$PREFLAB_CACHE`` (the
     Colab setup cell points it at Google Drive), else ``~/.cache/preflab``; the folder's name holds the world's
     data version and a hash of every recipe that built it (the base's too, for "sft") and of the GPT-2 it
-    started from (``$PREFLAB_GPT2_PATH``, else the hub's "gpt2"), so a changed recipe or model builds afresh. ``base`` overrides :data:`GPT2_BASE`, ``overrides`` the stage's own recipe (for "base", the
+    started from (``$PREFLAB_GPT2_PATH``, else the hub's "gpt2"), so a changed recipe or model builds
+    afresh. ``base`` overrides :data:`GPT2_BASE`, ``overrides`` the stage's own recipe (for "base", the
     same one). Lesson 00."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}: choose one of {STAGES}")
+    recipe_base = {**GPT2_BASE, **(base or {}), **(overrides if stage == "base" else {})}
+    recipe = recipe_base if stage == "base" else {**GPT2_SFT, **overrides}
     source = {"gpt2": os.environ.get("PREFLAB_GPT2_PATH", "gpt2")}  # which GPT-2 the base started from
-    if stage == "base":
-        recipes = [{**GPT2_BASE, **(base or {}), **overrides}, source]
-    else:
-        recipes = [{**GPT2_BASE, **(base or {})}, source, {**GPT2_SFT, **overrides}]
+    recipes = [recipe_base, source] + ([recipe] if stage == "sft" else [])
     key = hashlib.sha256(json.dumps(recipes, sort_keys=True).encode()).hexdigest()[:10]
-    world = make_world(recipes[-1].get("world_seed", recipes[0]["world_seed"]))
+    world = make_world(recipe["world_seed"])
     cache_dir = Path(cache_dir or os.environ.get("PREFLAB_CACHE") or Path.home() / ".cache" / "preflab")
     return cache_dir / f"gpt2-{stage}-{world.version_hash}-{key}"
 
