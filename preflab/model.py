@@ -210,8 +210,8 @@ def load_gpt2_base(cache_dir: str | Path | None = None, device=None, dtype=None,
     """GPT-2 (124M) adapted to the world's text, the GPT-2 scale's "base": built on first use and cached.
 
     GPT-2 itself (by name, or ``$PREFLAB_GPT2_PATH``) has never seen the world's prompts or response format;
-    the tiny base was pretrained on the world's corpus, so this one is too, with :data:`GPT2_BASE` (about a
-    minute on a Colab T4). Dropout off. Lesson 00 (the GPT-2 scale on Colab).
+    the tiny base was pretrained on the world's corpus, so this one is too, with :data:`GPT2_BASE` (300 steps
+    of 32 texts; not yet timed on a GPU). Dropout off. Lesson 00 (the GPT-2 scale on Colab).
     """
     hp = {**GPT2_BASE, **overrides}
     target = gpt2_checkpoint_dir("base", cache_dir, **overrides)
@@ -236,7 +236,7 @@ def load_gpt2_sft(cache_dir: str | Path | None = None, device=None, dtype=None, 
     cached.
 
     The tiny scale ships its SFT checkpoint; at GPT-2 scale the same recipe (response-only SFT on
-    ``world.demonstrations``, :data:`GPT2_SFT`) runs once, about 2 minutes on a Colab T4, and is cached
+    ``world.demonstrations``, :data:`GPT2_SFT`) runs once (its 400 steps took 19 s on an H200), and is cached
     where :func:`gpt2_checkpoint_dir` says. ``base`` overrides the base's recipe, ``overrides`` this one's.
 
     Lesson 00 (the GPT-2 scale on Colab).

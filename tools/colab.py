@@ -166,7 +166,7 @@ if "google.colab" in sys.modules:
             if device == "cpu":
                 print("  No GPU attached: Runtime > Change runtime type > a GPU (T4), or %env PREFLAB_SCALE=tiny.")
             print("  The first GPT-2 load adapts it to the world's text (300 steps), then finetunes it on "
-                  "demonstrations (400 steps), a few minutes on a T4, and caches both in "
+                  "demonstrations (400 steps: 19 s on an H200, longer on a T4), and caches both in "
                   + (cache or "~/.cache/preflab, on this runtime only") + ".")
             if not cache:
                 print("  To keep it for the next notebooks: %env PREFLAB_CACHE=/content/drive/MyDrive/preflab-cache, "
