@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -31,20 +30,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-
-def machine() -> dict:
-    import torch
-
-    info = {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-    try:
-        import transformers
-
-        info["transformers"] = transformers.__version__
-    except ImportError:
-        pass
-    return info
 
 
 def notebooks(lessons: Path, solutions: Path | None, only: list[str] | None) -> list[Path]:
@@ -87,6 +72,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import preflab.model as pm
+    from benchmarks.common import machine
     from tools.course import run_lesson
 
     t_start = time.perf_counter()

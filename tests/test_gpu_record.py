@@ -26,7 +26,7 @@ def test_the_gpu_record_runs_every_scale_and_writes_what_it_measured(tmp_path):
                        timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     rec = json.loads(out.read_text())
-    assert rec["random_gpt2"] is True and rec["machine"]["gpu"] is None and not rec["stopped_early"]
+    assert rec["random_gpt2"] is True and rec["machine"]["cuda"] is None and not rec["stopped_early"]
     assert rec["gpt2_build"]["seconds"] > 0 and rec["gpt2_build"]["base"]["steps"] == 300
     for scale, asserted in (("tiny", True), ("gpt2", False)):
         [row] = rec["scales"][scale]

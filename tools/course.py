@@ -444,6 +444,13 @@ def _sliced_client_class():
     return SlicedClient
 
 
+def _remove_injected(nb) -> str:
+    """Remove the first and last cells (ones the runner added) and return what the last one printed."""
+    report = "".join(o.get("text", "") for o in nb.cells[-1].get("outputs", [])).strip()
+    nb.cells = nb.cells[1:-1]
+    return report
+
+
 def run_lesson(path: Path, out: Path, timeout: int = DEFAULT_TIMEOUT, seed: str | None = None,
                audit: bool = False, profile: bool = False) -> LessonResult:
     """Execute one lesson notebook in a fresh kernel; write its executed notebook, HTML and figures.
@@ -507,13 +514,10 @@ def run_lesson(path: Path, out: Path, timeout: int = DEFAULT_TIMEOUT, seed: str 
         res.peak_mb = monitor.stop()
         kernel_log.close()
 
-    if profile:
-        report = "".join(o.get("text", "") for o in nb.cells[-1].get("outputs", [])).strip()
-        nb.cells = nb.cells[1:-1]
-        res.profile = time_profile(report, nb, res.runtime_s)
+    if profile:  # its cells were added last, around the audit's: removed first
+        res.profile = time_profile(_remove_injected(nb), nb, res.runtime_s)
     if audit:
-        report = "".join(o.get("text", "") for o in nb.cells[-1].get("outputs", [])).strip()
-        nb.cells = nb.cells[1:-1]
+        report = _remove_injected(nb)
         res.figure_problems = figure_problems(report, nb) if res.status in ("passed", "failed") else []
     res.claims = parse_claims(_stdout_text(nb))
     if res.status == "passed" and any(c["status"] == "FAIL" and c.get("asserted", True) for c in res.claims):
